@@ -1,0 +1,204 @@
+//! Time, clocks and the two session timeouts.
+//!
+//! A session ends at the earlier of two moments: `idle` after its last use, or `absolute` after it was
+//! created, however busy it stays. Stores are told that moment ([`crate::store::Record::expires`]) and keep
+//! the session no longer (Redis through the key's TTL, files through the expiry written inside them).
+//!
+//! A read-only request changes nothing, so by default it writes nothing either. To keep an active session
+//! from idling out, the layer *touches* it, but only once `touch_after` of the idle window has passed
+//! since the last write (a quarter by default): a user clicking around does one small write per few
+//! minutes, not one per request.
+//!
+//! Time comes from a [`Clock`], so tests can move it without sleeping:
+//!
+//! ```
+//! use sessionforge::expiry::{Clock, ManualClock, Timestamp};
+//! use std::time::Duration;
+//!
+//! let clock = ManualClock::new(Timestamp::from_millis(1_000));
+//! clock.advance(Duration::from_secs(2));
+//! assert_eq!(clock.now(), Timestamp::from_millis(3_000));
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A moment, as milliseconds since the Unix epoch (how it is stored: a plain JSON number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// From milliseconds since the Unix epoch.
+    pub const fn from_millis(ms: u64) -> Self {
+        Timestamp(ms)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// This moment plus `d`, saturating.
+    pub fn add(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
+
+    /// How long from `now` until this moment; zero when it has passed.
+    pub fn remaining(self, now: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(now.0))
+    }
+
+    /// RFC 3339 text, in UTC with milliseconds, as the admin API shows times.
+    pub fn to_rfc3339(self) -> String {
+        let t = UNIX_EPOCH + Duration::from_millis(self.0);
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+/// Where the layer and the stores get the time.
+pub trait Clock: Send + Sync + 'static {
+    /// The current moment.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+}
+
+/// A clock that moves only when told to; cheap to clone, all clones share one time. For tests.
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock stopped at `start`.
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock(Arc::new(AtomicU64::new(start.0)))
+    }
+
+    /// A clock stopped at the current wall-clock time (so Redis TTLs computed from it stay sensible).
+    pub fn starting_now() -> Self {
+        Self::new(SystemClock.now())
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.0
+            .fetch_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `t`.
+    pub fn set(&self, t: Timestamp) {
+        self.0.store(t.0, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// A shared clock handle, as the layer and the stores hold it.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// The timeouts of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    /// How long a session lives after its last use.
+    pub idle: Duration,
+    /// How long a session lives after it was created, however busy.
+    pub absolute: Duration,
+    /// The fraction of `idle` (in per-mille) that must pass since the last write before a read-only
+    /// request refreshes the session's expiry. 250 (a quarter) by default; 0 touches on every request.
+    pub touch_after_permille: u16,
+}
+
+impl Default for Expiry {
+    /// 24 hours idle, 7 days absolute, touch after a quarter of the idle window.
+    fn default() -> Self {
+        Expiry {
+            idle: Duration::from_secs(24 * 3600),
+            absolute: Duration::from_secs(7 * 24 * 3600),
+            touch_after_permille: 250,
+        }
+    }
+}
+
+impl Expiry {
+    /// When a session created at `created` and last used at `now` ends: the earlier of the two limits.
+    pub fn expires_at(&self, created: Timestamp, now: Timestamp) -> Timestamp {
+        now.add(self.idle).min(self.deadline(created))
+    }
+
+    /// The absolute end of a session created at `created`.
+    pub fn deadline(&self, created: Timestamp) -> Timestamp {
+        created.add(self.absolute)
+    }
+
+    /// Whether a read-only request at `now` should refresh a session last written at `last_access`.
+    pub fn needs_touch(&self, last_access: Timestamp, now: Timestamp) -> bool {
+        let window = self.idle.as_millis() as u64 * u64::from(self.touch_after_permille) / 1000;
+        now.as_millis().saturating_sub(last_access.as_millis()) >= window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_the_earlier_of_idle_and_absolute() {
+        let e = Expiry {
+            idle: Duration::from_secs(60),
+            absolute: Duration::from_secs(100),
+            touch_after_permille: 250,
+        };
+        let created = Timestamp::from_millis(0);
+        assert_eq!(e.expires_at(created, created).as_millis(), 60_000);
+        assert_eq!(
+            e.expires_at(created, Timestamp::from_millis(70_000))
+                .as_millis(),
+            100_000
+        );
+    }
+
+    #[test]
+    fn touch_waits_for_the_configured_fraction_of_the_idle_window() {
+        let e = Expiry {
+            idle: Duration::from_secs(100),
+            absolute: Duration::from_secs(1000),
+            touch_after_permille: 250,
+        };
+        let t0 = Timestamp::from_millis(0);
+        assert!(!e.needs_touch(t0, Timestamp::from_millis(24_999)));
+        assert!(e.needs_touch(t0, Timestamp::from_millis(25_000)));
+    }
+
+    #[test]
+    fn rfc3339_formatting_has_milliseconds_and_utc() {
+        assert_eq!(
+            Timestamp::from_millis(1_752_360_300_000).to_rfc3339(),
+            "2025-07-12T22:45:00.000Z"
+        );
+    }
+}

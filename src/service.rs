@@ -1,0 +1,83 @@
+//! [`SessionService`]: the middleware a [`SessionLayer`](crate::SessionLayer) wraps around a service.
+
+use crate::future::ResponseFuture;
+use crate::layer::Config;
+use crate::session::Session;
+use crate::store::DynStore;
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::{Request, Response};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+/// Longest `User-Agent` kept in the session's metadata.
+const MAX_USER_AGENT: usize = 256;
+
+/// Middleware that gives each request a [`Session`] and saves it after the response.
+///
+/// The inner service is called from `call` itself (sessions load lazily, inside the handler), so the
+/// service that `poll_ready` readied is the one called and no clone of it is needed. Its error type is
+/// kept: store failures become responses, never errors of the service.
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    store: Arc<dyn DynStore>,
+    config: Arc<Config>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> SessionService<S> {
+    pub(crate) fn new(inner: S, store: Arc<dyn DynStore>, config: Arc<Config>) -> Self {
+        SessionService {
+            inner,
+            store,
+            config,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Send + 'static,
+{
+    type Response = Response<crate::future::SessionBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let headers = req.headers();
+        let token = self.config.transport.extract(headers, &self.config.signer);
+        let user_agent = headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+        let grpc = headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let session = Session::new(
+            self.store.clone(),
+            self.config.clone(),
+            token,
+            user_agent,
+        );
+        req.extensions_mut().insert(session.clone());
+        ResponseFuture::new(self.inner.call(req), session, self.config.clone(), grpc)
+    }
+}

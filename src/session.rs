@@ -1,0 +1,502 @@
+//! The [`Session`] handle a handler sees.
+//!
+//! A `Session` is cheap to clone (an `Arc`); every clone is the same session. It loads its record on first
+//! use, not before: a handler that never touches it costs no store call. Each change is recorded in a
+//! [`ChangeSet`] as well as applied to the local view, and when the response is ready the layer saves that
+//! change-set (or nothing, if nothing changed).
+//!
+//! ```
+//! # async fn handler(session: sessionforge::Session) -> Result<(), sessionforge::SessionError> {
+//! let visits: u64 = session.get("visits").await?.unwrap_or(0);
+//! session.insert("visits", visits + 1).await?;
+//! # Ok(()) }
+//! ```
+
+use crate::expiry::Timestamp;
+use crate::id::{StoreKey, Token};
+use crate::layer::Config;
+use crate::store::{ChangeSet, Created, DynStore, Record, Saved, StoreError, Version};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// Why a session operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The store failed (see [`StoreError::is_unavailable`]).
+    Store(StoreError),
+    /// A value could not be converted to or from JSON.
+    Json(serde_json::Error),
+    /// The session would exceed the configured size limit.
+    TooLarge {
+        /// The size it would have, in bytes of JSON.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Store(e) => write!(f, "{e}"),
+            SessionError::Json(e) => write!(f, "session value is not valid for its type: {e}"),
+            SessionError::TooLarge { size, limit } => {
+                write!(f, "session would be {size} bytes, over the limit of {limit}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Store(e) => Some(e),
+            SessionError::Json(e) => Some(e),
+            SessionError::TooLarge { .. } => None,
+        }
+    }
+}
+
+impl From<StoreError> for SessionError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TooLarge { size, limit } => SessionError::TooLarge { size, limit },
+            e => SessionError::Store(e),
+        }
+    }
+}
+
+impl SessionError {
+    /// The HTTP status this error is answered with: 503 for an unavailable store, 413 for an oversized
+    /// session, 500 otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            SessionError::Store(e) if e.is_unavailable() => http::StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::TooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
+            _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short message safe to show a client (no internals).
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            SessionError::Store(e) if e.is_unavailable() => "session store unavailable",
+            SessionError::Store(_) => "session store error",
+            SessionError::Json(_) => "session value has an unexpected type",
+            SessionError::TooLarge { .. } => "session data too large",
+        }
+    }
+}
+
+/// What the layer does with the client's token after the request.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Nothing to send.
+    Nothing,
+    /// Send this token (new, or the same one with a refreshed expiry).
+    Send {
+        token: Token,
+        expires: Timestamp,
+        fresh: bool,
+    },
+    /// Tell the client to forget its token.
+    Remove,
+}
+
+#[derive(Default)]
+struct State {
+    loaded: bool,
+    /// The session as stored when loaded: its key and version. `None`: nothing stored (yet).
+    stored: Option<(StoreKey, Version)>,
+    /// The local view: the loaded record with this request's changes applied.
+    record: Option<Record>,
+    changes: ChangeSet,
+    /// A key to delete when the request ends (destroyed or renewed session).
+    retire: Option<StoreKey>,
+    /// `cycle_id` was called: store the data under a new token.
+    renew: bool,
+}
+
+pub(crate) struct Inner {
+    store: Arc<dyn DynStore>,
+    config: Arc<Config>,
+    presented: Option<Token>,
+    user_agent: Option<String>,
+    touched: AtomicBool,
+    state: Mutex<State>,
+}
+
+/// A session, as handlers see it. Get it from the request extensions, or with the Axum extractor.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("token_presented", &self.inner.presented.is_some())
+            .field("touched", &self.inner.touched.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        store: Arc<dyn DynStore>,
+        config: Arc<Config>,
+        presented: Option<Token>,
+        user_agent: Option<String>,
+    ) -> Self {
+        Session {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                presented,
+                user_agent,
+                touched: AtomicBool::new(false),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// Whether the handler used the session at all (if not, the layer does nothing after the request).
+    pub(crate) fn touched(&self) -> bool {
+        self.inner.touched.load(Ordering::Acquire)
+    }
+
+    /// Locks the state, loading the record on first use.
+    async fn state(&self) -> Result<tokio::sync::MutexGuard<'_, State>, SessionError> {
+        self.inner.touched.store(true, Ordering::Release);
+        let mut st = self.inner.state.lock().await;
+        if !st.loaded {
+            if let Some(token) = &self.inner.presented {
+                let key = token.store_key();
+                let now = self.inner.config.clock.now();
+                match self.inner.store.load(&key).await {
+                    Ok(Some(loaded)) if !loaded.record.is_expired(now) => {
+                        st.record = Some(loaded.record);
+                        st.stored = Some((key, loaded.version));
+                    }
+                    Ok(_) => {
+                        tracing::debug!(store_key = %key, "presented session not found; starting a new one");
+                    }
+                    Err(StoreError::Corrupt { .. }) => {
+                        tracing::warn!(store_key = %key, "stored session is corrupt; starting a new one");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "session store failed to load a session");
+                        return Err(e.into());
+                    }
+                }
+            }
+            st.loaded = true;
+        }
+        Ok(st)
+    }
+
+    /// The value stored under `key`, converted to `T`; `None` when there is none.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let st = self.state().await?;
+        match st.record.as_ref().and_then(|r| r.data.get(key)) {
+            Some(v) => T::deserialize(v).map(Some).map_err(SessionError::Json),
+            None => Ok(None),
+        }
+    }
+
+    /// The raw JSON value stored under `key`.
+    pub async fn get_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        let st = self.state().await?;
+        Ok(st.record.as_ref().and_then(|r| r.data.get(key)).cloned())
+    }
+
+    /// Stores `value` under `key`. Setting a key to the value it already has changes nothing.
+    pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        let value = serde_json::to_value(value).map_err(SessionError::Json)?;
+        self.insert_value(key, value).await
+    }
+
+    /// Stores a raw JSON value under `key`.
+    pub async fn insert_value(&self, key: &str, value: Value) -> Result<(), SessionError> {
+        let limit = self.inner.config.max_size;
+        let size = key.len() + value.to_string().len();
+        if size > limit {
+            return Err(SessionError::TooLarge { size, limit });
+        }
+        let mut st = self.state().await?;
+        let now = self.inner.config.clock.now();
+        let record = self.view(&mut st, now);
+        if record.data.get(key) == Some(&value) {
+            return Ok(());
+        }
+        record.data.insert(key.to_owned(), value.clone());
+        st.changes.entries.insert(key.to_owned(), Some(value));
+        Ok(())
+    }
+
+    /// Removes `key`, answering the value it had.
+    pub async fn remove<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        match self.remove_value(key).await? {
+            Some(v) => T::deserialize(v).map(Some).map_err(SessionError::Json),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes `key`, answering the raw value it had.
+    pub async fn remove_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        let mut st = self.state().await?;
+        let old = st.record.as_mut().and_then(|r| r.data.remove(key));
+        if old.is_some() {
+            st.changes.entries.insert(key.to_owned(), None);
+        }
+        Ok(old)
+    }
+
+    /// Removes every key (the session itself, its id and user stay).
+    pub async fn clear(&self) -> Result<(), SessionError> {
+        let mut st = self.state().await?;
+        if let Some(r) = st.record.as_mut() {
+            r.data.clear();
+        }
+        st.changes.cleared = true;
+        st.changes.entries.clear();
+        Ok(())
+    }
+
+    /// All keys.
+    pub async fn keys(&self) -> Result<Vec<String>, SessionError> {
+        let st = self.state().await?;
+        Ok(st
+            .record
+            .as_ref()
+            .map(|r| r.data.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// The whole data as a JSON object.
+    pub async fn data(&self) -> Result<crate::store::Data, SessionError> {
+        let st = self.state().await?;
+        Ok(st
+            .record
+            .as_ref()
+            .map(|r| r.data.clone())
+            .unwrap_or_default())
+    }
+
+    /// Whether the session holds no data.
+    pub async fn is_empty(&self) -> Result<bool, SessionError> {
+        let st = self.state().await?;
+        Ok(st.record.as_ref().is_none_or(|r| r.data.is_empty()))
+    }
+
+    /// The user the session belongs to, if set.
+    pub async fn user(&self) -> Result<Option<String>, SessionError> {
+        let st = self.state().await?;
+        Ok(st.record.as_ref().and_then(|r| r.user.clone()))
+    }
+
+    /// Ties the session to a user (shown in listings; typically at login, together with
+    /// [`Session::cycle_id`]), or unties it with `None`.
+    pub async fn set_user(&self, user: Option<String>) -> Result<(), SessionError> {
+        let mut st = self.state().await?;
+        let now = self.inner.config.clock.now();
+        let record = self.view(&mut st, now);
+        if record.user == user {
+            return Ok(());
+        }
+        record.user.clone_from(&user);
+        st.changes.user = Some(user);
+        Ok(())
+    }
+
+    /// Gives the session a new id, keeping its data: the defence against session fixation, to call when
+    /// privileges change (login). The record is written under the new key before the old key is deleted,
+    /// so a crash in between never loses the session.
+    pub async fn cycle_id(&self) -> Result<(), SessionError> {
+        let mut st = self.state().await?;
+        if st.stored.is_some() {
+            st.renew = true;
+        }
+        Ok(())
+    }
+
+    /// Ends the session: deletes it from the store and tells the client to forget its token. Data set
+    /// afterwards in the same request starts a new session under a new token.
+    pub async fn destroy(&self) -> Result<(), SessionError> {
+        let mut st = self.state().await?;
+        if let Some((key, _)) = st.stored.take() {
+            st.retire = Some(key);
+        }
+        st.record = None;
+        st.changes = ChangeSet::default();
+        st.renew = false;
+        Ok(())
+    }
+
+    /// When the session was created (`None` for a session not stored yet).
+    pub async fn created_at(&self) -> Result<Option<Timestamp>, SessionError> {
+        Ok(self.meta(|r| r.created_at).await?)
+    }
+
+    /// When the session was last written (`None` for a session not stored yet).
+    pub async fn last_access(&self) -> Result<Option<Timestamp>, SessionError> {
+        Ok(self.meta(|r| r.last_access).await?)
+    }
+
+    /// When the session will expire if not used again (`None` for a session not stored yet).
+    pub async fn expires_at(&self) -> Result<Option<Timestamp>, SessionError> {
+        Ok(self.meta(|r| r.expires).await?)
+    }
+
+    /// Sets the session's absolute deadline, the moment it ends however busy it is (for example a longer
+    /// one for "remember me", a shorter one after a sensitive action). The idle timeout still applies.
+    pub async fn set_deadline(&self, deadline: Timestamp) -> Result<(), SessionError> {
+        let mut st = self.state().await?;
+        let now = self.inner.config.clock.now();
+        let record = self.view(&mut st, now);
+        record.deadline = deadline;
+        st.changes.deadline = Some(deadline);
+        Ok(())
+    }
+
+    async fn meta<T>(&self, f: impl FnOnce(&Record) -> T) -> Result<Option<T>, SessionError> {
+        let st = self.state().await?;
+        Ok(st.record.as_ref().map(f))
+    }
+
+    /// The local view, created empty if the session does not exist yet.
+    fn view<'a>(&self, st: &'a mut State, now: Timestamp) -> &'a mut Record {
+        let expiry = &self.inner.config.expiry;
+        let ua = &self.inner.user_agent;
+        st.record.get_or_insert_with(|| Record {
+            created_at: now,
+            last_access: now,
+            expires: expiry.expires_at(now, now),
+            deadline: expiry.deadline(now),
+            user_agent: ua.clone(),
+            user: None,
+            data: Default::default(),
+        })
+    }
+
+    /// Saves what the request changed. Called by the layer once the response is ready.
+    pub(crate) async fn commit(&self) -> Result<Outcome, SessionError> {
+        let mut st = self.inner.state.lock().await;
+        if !st.loaded {
+            return Ok(Outcome::Nothing);
+        }
+        let store = &self.inner.store;
+        let config = &self.inner.config;
+        let now = config.clock.now();
+
+        if let Some(old) = st.retire.take() {
+            store.delete(&old).await?;
+            tracing::info!(store_key = %old, "session destroyed");
+        }
+        let empty = st
+            .record
+            .as_ref()
+            .is_none_or(|r| r.data.is_empty() && r.user.is_none());
+
+        let Some((key, version)) = st.stored.clone() else {
+            // Nothing stored under the client's token: create a session if there is anything to keep.
+            if empty {
+                return Ok(if self.inner.presented.is_some() && st.record.is_none() {
+                    // A destroyed (or unknown) session: make the client drop its token.
+                    Outcome::Remove
+                } else {
+                    Outcome::Nothing
+                });
+            }
+            let record = st.record.as_mut().expect("non-empty session has a record");
+            refresh(record, config, now);
+            let (token, expires) = self.create(record).await?;
+            tracing::debug!(store_key = %token.store_key(), "session created");
+            return Ok(Outcome::Send {
+                token,
+                expires,
+                fresh: true,
+            });
+        };
+
+        let State {
+            record,
+            changes,
+            renew,
+            ..
+        } = &mut *st;
+        let record = record.as_mut().expect("a stored session has a record");
+        if empty && !changes.is_empty() {
+            // Everything was removed: an empty session is not kept.
+            store.delete(&key).await?;
+            return Ok(Outcome::Remove);
+        }
+        if *renew {
+            refresh(record, config, now);
+            let (token, expires) = self.create(record).await?;
+            store.delete(&key).await?;
+            tracing::info!(old = %key, new = %token.store_key(), "session id renewed");
+            return Ok(Outcome::Send {
+                token,
+                expires,
+                fresh: true,
+            });
+        }
+        if changes.is_empty() && !config.expiry.needs_touch(record.last_access, now) {
+            return Ok(Outcome::Nothing);
+        }
+        refresh(record, config, now);
+        check_size(record, config.max_size)?;
+        match store.save(&key, &version, record, changes).await? {
+            Saved::Saved => Ok(Outcome::Send {
+                token: self.inner.presented.clone().expect("stored implies presented"),
+                expires: record.expires,
+                fresh: false,
+            }),
+            _ => {
+                tracing::debug!(store_key = %key, "session deleted while the request ran; not saved");
+                Ok(Outcome::Remove)
+            }
+        }
+    }
+
+    /// Stores `record` under a fresh token, retrying on the (astronomically unlikely) clash.
+    async fn create(&self, record: &Record) -> Result<(Token, Timestamp), SessionError> {
+        check_size(record, self.inner.config.max_size)?;
+        for _ in 0..3 {
+            let token = Token::generate();
+            if self
+                .inner
+                .store
+                .create(&token.store_key(), record)
+                .await?
+                == Created::Created
+            {
+                return Ok((token, record.expires));
+            }
+            tracing::warn!("session key clash on create; drawing a new token");
+        }
+        Err(SessionError::Store(StoreError::Conflict))
+    }
+}
+
+/// Sets a record's access time to `now` and its expiry per the configured timeouts.
+fn refresh(record: &mut Record, config: &Config, now: Timestamp) {
+    record.last_access = now;
+    record.expires = now.add(config.expiry.idle).min(record.deadline);
+}
+
+fn check_size(record: &Record, limit: usize) -> Result<(), SessionError> {
+    let size = serde_json::to_vec(&record.data).map(|v| v.len()).unwrap_or(0);
+    if size > limit {
+        Err(SessionError::TooLarge { size, limit })
+    } else {
+        Ok(())
+    }
+}

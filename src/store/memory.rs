@@ -1,0 +1,398 @@
+//! [`MemoryStore`]: sessions in process memory, for tests and development.
+//!
+//! Entries expire (checked on every access and removed by [`ManagedStore::cleanup`]) and the store is
+//! bounded: when it is full it first drops expired entries, then the entry closest to expiry, with a
+//! warning. Sessions vanish with the process and are not shared between instances: use Redis for that.
+//!
+//! ```
+//! use sessionforge::store::{MemoryStore, ManagedStore, StoreKind};
+//!
+//! let store = MemoryStore::new().with_capacity(10_000);
+//! assert_eq!(store.kind(), StoreKind::Memory);
+//! ```
+
+use super::{
+    ChangeSet, Created, Loaded, ManagedStore, Page, Record, Saved, SessionStore, StoreError,
+    StoreHealth, StoreKind, Usage, Version,
+};
+use crate::expiry::{SharedClock, SystemClock};
+use crate::id::StoreKey;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug)]
+struct Entry {
+    record: Record,
+    version: u64,
+}
+
+struct Inner {
+    map: Mutex<BTreeMap<StoreKey, Entry>>,
+    capacity: usize,
+    clock: SharedClock,
+    next_version: std::sync::atomic::AtomicU64,
+}
+
+/// Sessions in process memory. Cheap to clone; clones share the same map.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("capacity", &self.inner.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store holding at most 100,000 sessions, on the system clock.
+    pub fn new() -> Self {
+        Self::build(100_000, Arc::new(SystemClock))
+    }
+
+    fn build(capacity: usize, clock: SharedClock) -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                map: Mutex::new(BTreeMap::new()),
+                capacity: capacity.max(1),
+                clock,
+                next_version: std::sync::atomic::AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The same store emptied, holding at most `capacity` sessions.
+    #[must_use]
+    pub fn with_capacity(self, capacity: usize) -> Self {
+        Self::build(capacity, self.inner.clock.clone())
+    }
+
+    /// The same store emptied, reading time from `clock` (for tests of expiry).
+    #[must_use]
+    pub fn with_clock(self, clock: impl crate::expiry::Clock) -> Self {
+        Self::build(self.inner.capacity, Arc::new(clock))
+    }
+
+    fn map(&self) -> MutexGuard<'_, BTreeMap<StoreKey, Entry>> {
+        // A panic while holding the lock cannot leave the map half-updated (each operation is a single
+        // insert or remove), so a poisoned lock is safe to keep using.
+        self.inner.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn version(&self) -> u64 {
+        self.inner
+            .next_version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Makes room for one more entry. Called with the lock held.
+    fn make_room(&self, map: &mut BTreeMap<StoreKey, Entry>) {
+        if map.len() < self.inner.capacity {
+            return;
+        }
+        let now = self.inner.clock.now();
+        map.retain(|_, e| !e.record.is_expired(now));
+        if map.len() < self.inner.capacity {
+            return;
+        }
+        if let Some(victim) = map
+            .iter()
+            .min_by_key(|(_, e)| e.record.expires)
+            .map(|(k, _)| k.clone())
+        {
+            tracing::warn!(
+                capacity = self.inner.capacity,
+                "memory session store is full; dropping the session closest to expiry"
+            );
+            map.remove(&victim);
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
+        let now = self.inner.clock.now();
+        let mut map = self.map();
+        match map.get(key) {
+            Some(e) if e.record.is_expired(now) => {
+                map.remove(key);
+                Ok(None)
+            }
+            Some(e) => Ok(Some(Loaded {
+                record: e.record.clone(),
+                version: Version::new(e.version.to_string()),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
+        let now = self.inner.clock.now();
+        let version = self.version();
+        let mut map = self.map();
+        if let Some(e) = map.get(key) {
+            if !e.record.is_expired(now) {
+                return Ok(Created::Exists);
+            }
+        }
+        self.make_room(&mut map);
+        map.insert(
+            key.clone(),
+            Entry {
+                record: record.clone(),
+                version,
+            },
+        );
+        Ok(Created::Created)
+    }
+
+    async fn save(
+        &self,
+        key: &StoreKey,
+        base: &Version,
+        ours: &Record,
+        changes: &ChangeSet,
+    ) -> Result<Saved, StoreError> {
+        let now = self.inner.clock.now();
+        let version = self.version();
+        let mut map = self.map();
+        let Some(entry) = map.get_mut(key) else {
+            return Ok(Saved::Gone);
+        };
+        if entry.record.is_expired(now) {
+            map.remove(key);
+            return Ok(Saved::Gone);
+        }
+        if entry.version.to_string() == base.as_str() {
+            entry.record = ours.clone();
+        } else {
+            entry.record.merge(changes, ours);
+        }
+        entry.version = version;
+        Ok(Saved::Saved)
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let now = self.inner.clock.now();
+        Ok(self
+            .map()
+            .remove(key)
+            .is_some_and(|e| !e.record.is_expired(now)))
+    }
+}
+
+impl ManagedStore for MemoryStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Memory
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        let now = self.inner.clock.now();
+        Ok(self
+            .map()
+            .values()
+            .filter(|e| !e.record.is_expired(now))
+            .count() as u64)
+    }
+
+    async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let now = self.inner.clock.now();
+        let start = match cursor.map(StoreKey::parse) {
+            Some(Ok(k)) => Bound::Excluded(k),
+            Some(Err(_)) => {
+                return Err(StoreError::Backend {
+                    backend: StoreKind::Memory,
+                    source: "invalid cursor".into(),
+                })
+            }
+            None => Bound::Unbounded,
+        };
+        let map = self.map();
+        let mut sessions = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for (k, e) in map.range((start, Bound::Unbounded)) {
+            if e.record.is_expired(now) {
+                continue;
+            }
+            if sessions.len() == limit {
+                more = true;
+                break;
+            }
+            sessions.push(e.record.summary(k.clone()));
+            last = Some(k.as_str().to_owned());
+        }
+        Ok(Page {
+            sessions,
+            next_cursor: if more { last } else { None },
+        })
+    }
+
+    async fn cleanup(&self) -> Result<u64, StoreError> {
+        let now = self.inner.clock.now();
+        let mut map = self.map();
+        let before = map.len();
+        map.retain(|_, e| !e.record.is_expired(now));
+        Ok((before - map.len()) as u64)
+    }
+
+    async fn health(&self) -> StoreHealth {
+        StoreHealth {
+            serving: StoreKind::Memory,
+            redis_healthy: None,
+            detail: None,
+        }
+    }
+
+    async fn usage(&self) -> Result<Usage, StoreError> {
+        let map = self.map();
+        let bytes = map.values().map(|e| e.record.to_json().len() as u64).sum();
+        Ok(Usage::Memory {
+            entries: map.len() as u64,
+            bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expiry::{ManualClock, Timestamp};
+    use crate::id::Token;
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn record(now: Timestamp, ttl: Duration) -> Record {
+        Record {
+            created_at: now,
+            last_access: now,
+            expires: now.add(ttl),
+            deadline: now.add(ttl * 10),
+            user_agent: None,
+            user: None,
+            data: json!({"n": 1}).as_object().unwrap().clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_expire_on_the_store_clock() {
+        let clock = ManualClock::new(Timestamp::from_millis(1_000));
+        let store = MemoryStore::new().with_clock(clock.clone());
+        let key = Token::generate().store_key();
+        store
+            .create(&key, &record(clock.now(), Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(store.load(&key).await.unwrap().is_some());
+        clock.advance(Duration::from_secs(5));
+        assert!(store.load(&key).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_store_drops_the_session_closest_to_expiry() {
+        let clock = ManualClock::new(Timestamp::from_millis(0));
+        let store = MemoryStore::new()
+            .with_clock(clock.clone())
+            .with_capacity(2);
+        let (a, b, c) = (
+            Token::generate().store_key(),
+            Token::generate().store_key(),
+            Token::generate().store_key(),
+        );
+        store
+            .create(&a, &record(clock.now(), Duration::from_secs(10)))
+            .await
+            .unwrap();
+        store
+            .create(&b, &record(clock.now(), Duration::from_secs(5)))
+            .await
+            .unwrap();
+        store
+            .create(&c, &record(clock.now(), Duration::from_secs(20)))
+            .await
+            .unwrap();
+        assert_eq!(store.count().await.unwrap(), 2);
+        assert!(store.load(&b).await.unwrap().is_none());
+        assert!(store.load(&a).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_save_against_an_old_version_merges_instead_of_overwriting() {
+        let store = MemoryStore::new();
+        let key = Token::generate().store_key();
+        let now = crate::expiry::SystemClock.now();
+        let rec = record(now, Duration::from_secs(60));
+        store.create(&key, &rec).await.unwrap();
+        let base = store.load(&key).await.unwrap().unwrap().version;
+        for k in ["x", "y"] {
+            let mut changes = ChangeSet::default();
+            changes.entries.insert(k.into(), Some(json!(k)));
+            let mut ours = rec.clone();
+            changes.apply(&mut ours.data);
+            assert_eq!(
+                store.save(&key, &base, &ours, &changes).await.unwrap(),
+                Saved::Saved
+            );
+        }
+        let data = store.load(&key).await.unwrap().unwrap().record.data;
+        assert_eq!(
+            serde_json::Value::Object(data),
+            json!({"n": 1, "x": "x", "y": "y"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_save_after_delete_does_not_resurrect() {
+        let store = MemoryStore::new();
+        let key = Token::generate().store_key();
+        let rec = record(crate::expiry::SystemClock.now(), Duration::from_secs(60));
+        store.create(&key, &rec).await.unwrap();
+        let base = store.load(&key).await.unwrap().unwrap().version;
+        assert!(store.delete(&key).await.unwrap());
+        let saved = store
+            .save(&key, &base, &rec, &ChangeSet::default())
+            .await
+            .unwrap();
+        assert_eq!(saved, Saved::Gone);
+        assert!(store.load(&key).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn listing_pages_through_every_session_once() {
+        let store = MemoryStore::new();
+        let now = crate::expiry::SystemClock.now();
+        for _ in 0..25 {
+            store
+                .create(
+                    &Token::generate().store_key(),
+                    &record(now, Duration::from_secs(60)),
+                )
+                .await
+                .unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store.list(cursor.as_deref(), 10).await.unwrap();
+            assert!(page.sessions.len() <= 10);
+            for s in &page.sessions {
+                assert!(seen.insert(s.id.clone()));
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 25);
+    }
+}

@@ -1,0 +1,632 @@
+//! Session stores: the traits every backend implements, the stored [`Record`], and typed errors.
+//!
+//! Two layers of capability:
+//!
+//! * [`SessionStore`] is the hot path the layer uses: load, create, save a change-set, delete.
+//! * [`ManagedStore`] adds what the admin service, the health monitor and the failover store need:
+//!   kind, count, a cursor listing, cleanup, health and usage figures.
+//!
+//! Both use `impl Future` in trait position, so a concrete store costs no boxing. The [`Session`]
+//! handle erases the store behind one boxed future per store call, next to which a network round trip is
+//! what counts.
+//!
+//! # Saving without losing writes
+//!
+//! A request's changes are a [`ChangeSet`]: keys set, keys removed, whether the data was cleared first,
+//! and whether the user changed. A store applies that change-set to **what it holds now**, not to what the
+//! request loaded, so two concurrent requests that change different keys both land; on the same key the
+//! last writer wins. A store that can compare versions cheaply (Redis with a script, memory under a lock)
+//! writes the request's merged record in one step when nothing changed meanwhile, and merges again
+//! otherwise. A save never recreates a session that was deleted meanwhile: it answers [`Saved::Gone`].
+//!
+//! [`Session`]: crate::Session
+
+use crate::expiry::Timestamp;
+use crate::id::StoreKey;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// A boxed error, as sources are kept.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The data of a session: a JSON object.
+pub type Data = Map<String, Value>;
+
+/// A session as a store keeps it. Serialised as JSON, this is what `redis-cli GET` shows and what a
+/// session file holds:
+///
+/// ```json
+/// {"createdAt":1752360300000,"lastAccess":1752360300000,"expires":1752446700000,
+///  "deadline":1752965100000,"userAgent":"curl/8.5.0","user":"alice","data":{"visits":3}}
+/// ```
+///
+/// Times are milliseconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    /// When the session was created.
+    pub created_at: Timestamp,
+    /// When the session was last written (saved or touched).
+    pub last_access: Timestamp,
+    /// When the store forgets the session: the earlier of the idle and absolute limits.
+    pub expires: Timestamp,
+    /// The absolute limit, which no amount of activity moves.
+    pub deadline: Timestamp,
+    /// The `User-Agent` of the request that created the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The user the session belongs to, when the application said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The application's data.
+    #[serde(default)]
+    pub data: Data,
+}
+
+impl Record {
+    /// Encodes the record as stored: compact JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a record of JSON values always serialises")
+    }
+
+    /// Decodes a stored record; anything that is not a well-formed record is [`StoreError::Corrupt`].
+    pub fn from_json(bytes: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            detail: "stored value is not a session record",
+            source: Some(Box::new(e)),
+        })
+    }
+
+    /// Whether the record has expired at `now`.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires <= now
+    }
+
+    /// Applies a request's change-set to this record (the store's current copy), taking the request's
+    /// newer timestamps: the merge a store does when another writer got there first.
+    pub fn merge(&mut self, changes: &ChangeSet, ours: &Record) {
+        changes.apply(&mut self.data);
+        if let Some(user) = &changes.user {
+            self.user.clone_from(user);
+        }
+        if let Some(deadline) = changes.deadline {
+            self.deadline = deadline;
+        }
+        self.last_access = self.last_access.max(ours.last_access);
+        self.expires = self.expires.max(ours.expires).min(self.deadline);
+    }
+
+    /// A listing entry for this record.
+    pub fn summary(&self, id: StoreKey) -> Summary {
+        Summary {
+            id,
+            created_at: self.created_at,
+            last_access: self.last_access,
+            expires: self.expires,
+            user_agent: self.user_agent.clone(),
+            user: self.user.clone(),
+        }
+    }
+}
+
+/// What one request changed in a session's data.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChangeSet {
+    /// The data was cleared before the entries below were applied.
+    pub cleared: bool,
+    /// Keys set (`Some`) or removed (`None`), in key order.
+    pub entries: BTreeMap<String, Option<Value>>,
+    /// The user was set (`Some(Some(..))`) or removed (`Some(None)`).
+    pub user: Option<Option<String>>,
+    /// The absolute deadline was moved.
+    pub deadline: Option<Timestamp>,
+}
+
+impl ChangeSet {
+    /// Whether the change-set changes nothing.
+    pub fn is_empty(&self) -> bool {
+        !self.cleared && self.entries.is_empty() && self.user.is_none() && self.deadline.is_none()
+    }
+
+    /// Applies the change-set to `data`.
+    ///
+    /// ```
+    /// use sessionforge::store::ChangeSet;
+    /// use serde_json::json;
+    ///
+    /// let mut data = json!({"a": 1, "b": 2}).as_object().unwrap().clone();
+    /// let mut changes = ChangeSet::default();
+    /// changes.entries.insert("a".into(), None);
+    /// changes.entries.insert("c".into(), Some(json!(3)));
+    /// changes.apply(&mut data);
+    /// assert_eq!(serde_json::Value::Object(data), json!({"b": 2, "c": 3}));
+    /// ```
+    pub fn apply(&self, data: &mut Data) {
+        if self.cleared {
+            data.clear();
+        }
+        for (k, v) in &self.entries {
+            match v {
+                Some(v) => {
+                    data.insert(k.clone(), v.clone());
+                }
+                None => {
+                    data.remove(k);
+                }
+            }
+        }
+    }
+}
+
+/// An opaque version of a stored record, handed out by `load` and given back to `save` so a store can
+/// tell whether anything changed in between. Its meaning is the store's own (a digest, a counter).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Version(String);
+
+impl Version {
+    /// A version with the given text.
+    pub fn new(v: impl Into<String>) -> Self {
+        Version(v.into())
+    }
+
+    /// The version's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A record as loaded, with the version to save against.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    /// The stored record.
+    pub record: Record,
+    /// Its version.
+    pub version: Version,
+}
+
+/// The answer to [`SessionStore::create`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Created {
+    /// Stored.
+    Created,
+    /// A session already exists under this key; nothing was written. (With 256-bit tokens this does
+    /// not happen by chance; the layer answers it with a fresh token anyway.)
+    Exists,
+}
+
+/// The answer to [`SessionStore::save`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Saved {
+    /// The change-set is stored.
+    Saved,
+    /// The session no longer exists (deleted or expired meanwhile); nothing was written.
+    Gone,
+}
+
+/// Which kind of backend serves sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// Redis.
+    Redis,
+    /// Files in a directory.
+    File,
+    /// Process memory.
+    Memory,
+}
+
+impl StoreKind {
+    /// `"redis"`, `"file"` or `"memory"`, as the admin API reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Redis => "redis",
+            StoreKind::File => "file",
+            StoreKind::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A store failure. Keeps its source; [`StoreError::is_unavailable`] tells a failover store whether the
+/// backend is down (switch) or the data is bad (treat as absent).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend cannot be reached or refused the connection.
+    Unavailable {
+        /// Which backend.
+        backend: StoreKind,
+        /// Why.
+        source: BoxError,
+    },
+    /// The backend did not answer within the configured time.
+    Timeout {
+        /// Which backend.
+        backend: StoreKind,
+        /// The limit that ran out.
+        after: Duration,
+    },
+    /// Stored data could not be decoded.
+    Corrupt {
+        /// What was wrong.
+        detail: &'static str,
+        /// The decoder's error.
+        source: Option<BoxError>,
+    },
+    /// The store is full (a file store's quota).
+    QuotaExceeded {
+        /// Which limit.
+        detail: String,
+    },
+    /// The session is larger than the configured limit.
+    TooLarge {
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The store kept refusing to create a session under fresh keys.
+    Conflict,
+    /// Any other backend failure.
+    Backend {
+        /// Which backend.
+        backend: StoreKind,
+        /// Why.
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    /// Whether the error means the backend is down or too slow (so a failover store should switch),
+    /// as opposed to a problem with this one session or request.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Timeout { .. }
+        )
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable { backend, source } => {
+                write!(f, "{backend} session store unavailable: {source}")
+            }
+            StoreError::Timeout { backend, after } => {
+                write!(f, "{backend} session store did not answer within {after:?}")
+            }
+            StoreError::Corrupt { detail, .. } => write!(f, "corrupt session data: {detail}"),
+            StoreError::QuotaExceeded { detail } => write!(f, "session store is full: {detail}"),
+            StoreError::TooLarge { size, limit } => {
+                write!(f, "session is {size} bytes, over the limit of {limit}")
+            }
+            StoreError::Conflict => {
+                f.write_str("the store reported a key clash for several fresh session tokens")
+            }
+            StoreError::Backend { backend, source } => {
+                write!(f, "{backend} session store failed: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Unavailable { source, .. } | StoreError::Backend { source, .. } => {
+                Some(source.as_ref())
+            }
+            StoreError::Corrupt {
+                source: Some(s), ..
+            } => Some(s.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// The hot-path operations the session layer needs. Implement this for a new backend.
+///
+/// All methods take `&self`; a store is shared between requests (wrap its state in an `Arc`).
+pub trait SessionStore: Send + Sync + 'static {
+    /// Loads a session. `Ok(None)` when there is none, it has expired, or it cannot be decoded (a store
+    /// logs and sets aside what it cannot decode rather than failing the request).
+    fn load(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Loaded>, StoreError>> + Send;
+
+    /// Stores a new session, only if the key is free (`SET NX`).
+    fn create(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+    ) -> impl Future<Output = Result<Created, StoreError>> + Send;
+
+    /// Applies `changes` to the stored session. `ours` is the request's view (the loaded record with
+    /// `changes` applied and its timestamps refreshed); when the stored version is still `base`, a store
+    /// may write `ours` as it is. Otherwise it merges `changes` into the current record
+    /// ([`Record::merge`]). Answers [`Saved::Gone`], writing nothing, when the session no longer exists.
+    fn save(
+        &self,
+        key: &StoreKey,
+        base: &Version,
+        ours: &Record,
+        changes: &ChangeSet,
+    ) -> impl Future<Output = Result<Saved, StoreError>> + Send;
+
+    /// Deletes a session; `true` when there was one.
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// One entry of a session listing: metadata only, never a token.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// The store key (a digest of the token, useless as a cookie).
+    pub id: StoreKey,
+    /// When the session was created.
+    pub created_at: Timestamp,
+    /// When it was last written.
+    pub last_access: Timestamp,
+    /// When it expires.
+    pub expires: Timestamp,
+    /// The user agent that created it.
+    pub user_agent: Option<String>,
+    /// Its user, if any.
+    pub user: Option<String>,
+}
+
+impl Serialize for StoreKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A page of a listing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Page {
+    /// The sessions on this page.
+    pub sessions: Vec<Summary>,
+    /// Where the next page starts; `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// What a store uses of its backend's resources.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Usage {
+    /// Redis memory, from `INFO memory` (and `CONFIG GET` where allowed).
+    Redis {
+        /// `used_memory`, bytes.
+        used_memory: u64,
+        /// `used_memory_human`.
+        used_memory_human: String,
+        /// `maxmemory`, bytes (0: no limit); `None` when it could not be read.
+        maxmemory: Option<u64>,
+        /// `maxmemory-policy`; `None` when it could not be read.
+        maxmemory_policy: Option<String>,
+    },
+    /// Disk use of a file store.
+    Disk {
+        /// The directory.
+        directory: String,
+        /// Session files.
+        files: u64,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// Process memory of a memory store.
+    Memory {
+        /// Entries held (live or not yet reaped).
+        entries: u64,
+        /// Approximate bytes of encoded records.
+        bytes: u64,
+    },
+}
+
+/// `INFO` parsed into sections: section name (lower case) to field to value.
+pub type RedisInfo = BTreeMap<String, BTreeMap<String, String>>;
+
+/// A store's view of its own health.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreHealth {
+    /// The backend serving sessions now.
+    pub serving: StoreKind,
+    /// Whether a Redis behind this store answers (`None` when there is no Redis).
+    pub redis_healthy: Option<bool>,
+    /// Human-readable detail (the last error, the failover state).
+    pub detail: Option<String>,
+}
+
+/// What the admin service, the health monitor and the failover store need beyond the hot path.
+pub trait ManagedStore: SessionStore {
+    /// The backend serving sessions now (a failover store answers with its current mode).
+    fn kind(&self) -> StoreKind;
+
+    /// How many sessions are stored (live ones; a store may count not-yet-reaped expired ones).
+    fn count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// One page of sessions, starting at `cursor` (`None` for the first page), at most `limit` long.
+    fn list(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// Removes what the backend does not expire by itself (expired files, corrupt values); answers how
+    /// many entries were removed.
+    fn cleanup(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The store's health.
+    fn health(&self) -> impl Future<Output = StoreHealth> + Send;
+
+    /// Resource use.
+    fn usage(&self) -> impl Future<Output = Result<Usage, StoreError>> + Send;
+
+    /// Redis `INFO`, when a Redis serves sessions now; `Ok(None)` for stores without one.
+    fn redis_info(&self) -> impl Future<Output = Result<Option<RedisInfo>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+}
+
+/// The object-safe face of a [`SessionStore`], one boxed future per call. The [`crate::Session`] handle
+/// holds its store this way so handlers see one concrete type whatever the backend.
+pub(crate) trait DynStore: Send + Sync + 'static {
+    fn load<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<Loaded>, StoreError>>;
+    fn create<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<Created, StoreError>>;
+    fn save<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        base: &'a Version,
+        ours: &'a Record,
+        changes: &'a ChangeSet,
+    ) -> BoxFuture<'a, Result<Saved, StoreError>>;
+    fn delete<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<bool, StoreError>>;
+}
+
+pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl<S: SessionStore> DynStore for S {
+    fn load<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<Loaded>, StoreError>> {
+        Box::pin(SessionStore::load(self, key))
+    }
+    fn create<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<Created, StoreError>> {
+        Box::pin(SessionStore::create(self, key, record))
+    }
+    fn save<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        base: &'a Version,
+        ours: &'a Record,
+        changes: &'a ChangeSet,
+    ) -> BoxFuture<'a, Result<Saved, StoreError>> {
+        Box::pin(SessionStore::save(self, key, base, ours, changes))
+    }
+    fn delete<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(SessionStore::delete(self, key))
+    }
+}
+
+impl<S: SessionStore> SessionStore for std::sync::Arc<S> {
+    fn load(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Loaded>, StoreError>> + Send {
+        (**self).load(key)
+    }
+    fn create(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+    ) -> impl Future<Output = Result<Created, StoreError>> + Send {
+        (**self).create(key, record)
+    }
+    fn save(
+        &self,
+        key: &StoreKey,
+        base: &Version,
+        ours: &Record,
+        changes: &ChangeSet,
+    ) -> impl Future<Output = Result<Saved, StoreError>> + Send {
+        (**self).save(key, base, ours, changes)
+    }
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).delete(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(data: Value) -> Record {
+        Record {
+            created_at: Timestamp::from_millis(1),
+            last_access: Timestamp::from_millis(2),
+            expires: Timestamp::from_millis(10),
+            deadline: Timestamp::from_millis(100),
+            user_agent: Some("ua".into()),
+            user: None,
+            data: data.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn record_json_round_trips_and_uses_readable_field_names() {
+        let r = record(json!({"visits": 3}));
+        let text = String::from_utf8(r.to_json()).unwrap();
+        assert!(text.contains("\"createdAt\":1"), "{text}");
+        assert!(text.contains("\"userAgent\":\"ua\""), "{text}");
+        assert!(!text.contains("\"user\":"), "{text}");
+        assert_eq!(Record::from_json(text.as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn corrupt_json_is_a_corrupt_error_not_a_panic() {
+        for bad in [&b"{"[..], b"null", b"[1,2]", b"{\"createdAt\":\"x\"}", b"\xff\xfe"] {
+            let e = Record::from_json(bad).unwrap_err();
+            assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+            assert!(!e.is_unavailable());
+        }
+    }
+
+    #[test]
+    fn merge_keeps_the_other_writers_keys_and_takes_ours() {
+        let mut stored = record(json!({"a": 1, "other": true}));
+        stored.last_access = Timestamp::from_millis(5);
+        let mut changes = ChangeSet::default();
+        changes.entries.insert("a".into(), Some(json!(2)));
+        changes.entries.insert("mine".into(), Some(json!("x")));
+        changes.user = Some(Some("alice".into()));
+        let mut ours = record(json!({}));
+        ours.last_access = Timestamp::from_millis(7);
+        ours.expires = Timestamp::from_millis(500);
+        stored.merge(&changes, &ours);
+        assert_eq!(
+            Value::Object(stored.data.clone()),
+            json!({"a": 2, "other": true, "mine": "x"})
+        );
+        assert_eq!(stored.user.as_deref(), Some("alice"));
+        assert_eq!(stored.last_access, Timestamp::from_millis(7));
+        // Never past the absolute deadline.
+        assert_eq!(stored.expires, Timestamp::from_millis(100));
+    }
+
+    #[test]
+    fn cleared_change_set_drops_keys_it_does_not_set() {
+        let mut data = json!({"a": 1, "b": 2}).as_object().unwrap().clone();
+        let mut c = ChangeSet {
+            cleared: true,
+            ..Default::default()
+        };
+        c.entries.insert("b".into(), Some(json!(3)));
+        c.apply(&mut data);
+        assert_eq!(Value::Object(data), json!({"b": 3}));
+    }
+}
