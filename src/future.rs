@@ -135,10 +135,7 @@ pub(crate) fn error_response<B>(e: &SessionError, grpc: bool) -> Response<Sessio
         let h = res.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert("grpc-status", HeaderValue::from_static(code));
-        h.insert(
-            "grpc-message",
-            HeaderValue::from_static(e.public_message()),
-        );
+        h.insert("grpc-message", HeaderValue::from_static(e.public_message()));
         return res;
     }
     let body = serde_json::json!({ "error": e.public_message() }).to_string();

@@ -173,7 +173,10 @@ mod tests {
     fn parse_refuses_wrong_length_alphabet_and_non_canonical_text() {
         let t = Token::generate();
         assert_eq!(Token::parse(&t.as_str()[1..]), Err(InvalidId::Length));
-        assert_eq!(Token::parse(&format!("{}A", t.as_str())), Err(InvalidId::Length));
+        assert_eq!(
+            Token::parse(&format!("{}A", t.as_str())),
+            Err(InvalidId::Length)
+        );
         let dotted = format!("{}.", &t.as_str()[..42]);
         assert_eq!(Token::parse(&dotted), Err(InvalidId::Alphabet));
         let slashed = format!("/{}", &t.as_str()[1..]);

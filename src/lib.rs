@@ -9,6 +9,7 @@ mod extract;
 mod future;
 pub mod id;
 mod layer;
+pub mod metrics;
 mod service;
 mod session;
 pub mod store;

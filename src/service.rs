@@ -71,12 +71,7 @@ where
         let grpc = headers
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let session = Session::new(
-            self.store.clone(),
-            self.config.clone(),
-            token,
-            user_agent,
-        );
+        let session = Session::new(self.store.clone(), self.config.clone(), token, user_agent);
         req.extensions_mut().insert(session.clone());
         ResponseFuture::new(self.inner.call(req), session, self.config.clone(), grpc)
     }

@@ -15,6 +15,7 @@
 use crate::expiry::Timestamp;
 use crate::id::{StoreKey, Token};
 use crate::layer::Config;
+use crate::metrics::{Event, Metrics};
 use crate::store::{ChangeSet, Created, DynStore, Record, Saved, StoreError, Version};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -47,7 +48,10 @@ impl fmt::Display for SessionError {
             SessionError::Store(e) => write!(f, "{e}"),
             SessionError::Json(e) => write!(f, "session value is not valid for its type: {e}"),
             SessionError::TooLarge { size, limit } => {
-                write!(f, "session would be {size} bytes, over the limit of {limit}")
+                write!(
+                    f,
+                    "session would be {size} bytes, over the limit of {limit}"
+                )
             }
         }
     }
@@ -181,6 +185,7 @@ impl Session {
                 let now = self.inner.config.clock.now();
                 match self.inner.store.load(&key).await {
                     Ok(Some(loaded)) if !loaded.record.is_expired(now) => {
+                        Metrics::global().count(Event::Loaded);
                         st.record = Some(loaded.record);
                         st.stored = Some((key, loaded.version));
                     }
@@ -397,6 +402,7 @@ impl Session {
 
         if let Some(old) = st.retire.take() {
             store.delete(&old).await?;
+            Metrics::global().count(Event::Destroyed);
             tracing::info!(store_key = %old, "session destroyed");
         }
         let empty = st
@@ -417,6 +423,7 @@ impl Session {
             let record = st.record.as_mut().expect("non-empty session has a record");
             refresh(record, config, now);
             let (token, expires) = self.create(record).await?;
+            Metrics::global().count(Event::Created);
             tracing::debug!(store_key = %token.store_key(), "session created");
             return Ok(Outcome::Send {
                 token,
@@ -441,6 +448,7 @@ impl Session {
             refresh(record, config, now);
             let (token, expires) = self.create(record).await?;
             store.delete(&key).await?;
+            Metrics::global().count(Event::Renewed);
             tracing::info!(old = %key, new = %token.store_key(), "session id renewed");
             return Ok(Outcome::Send {
                 token,
@@ -454,11 +462,18 @@ impl Session {
         refresh(record, config, now);
         check_size(record, config.max_size)?;
         match store.save(&key, &version, record, changes).await? {
-            Saved::Saved => Ok(Outcome::Send {
-                token: self.inner.presented.clone().expect("stored implies presented"),
-                expires: record.expires,
-                fresh: false,
-            }),
+            Saved::Saved => {
+                Metrics::global().count(Event::Saved);
+                Ok(Outcome::Send {
+                    token: self
+                        .inner
+                        .presented
+                        .clone()
+                        .expect("stored implies presented"),
+                    expires: record.expires,
+                    fresh: false,
+                })
+            }
             _ => {
                 tracing::debug!(store_key = %key, "session deleted while the request ran; not saved");
                 Ok(Outcome::Remove)
@@ -471,13 +486,7 @@ impl Session {
         check_size(record, self.inner.config.max_size)?;
         for _ in 0..3 {
             let token = Token::generate();
-            if self
-                .inner
-                .store
-                .create(&token.store_key(), record)
-                .await?
-                == Created::Created
-            {
+            if self.inner.store.create(&token.store_key(), record).await? == Created::Created {
                 return Ok((token, record.expires));
             }
             tracing::warn!("session key clash on create; drawing a new token");
@@ -493,7 +502,9 @@ fn refresh(record: &mut Record, config: &Config, now: Timestamp) {
 }
 
 fn check_size(record: &Record, limit: usize) -> Result<(), SessionError> {
-    let size = serde_json::to_vec(&record.data).map(|v| v.len()).unwrap_or(0);
+    let size = serde_json::to_vec(&record.data)
+        .map(|v| v.len())
+        .unwrap_or(0);
     if size > limit {
         Err(SessionError::TooLarge { size, limit })
     } else {

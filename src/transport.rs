@@ -306,7 +306,13 @@ mod tests {
             true,
         );
         let c = h.get(SET_COOKIE).unwrap().to_str().unwrap();
-        for part in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=3600"] {
+        for part in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Lax",
+            "Path=/",
+            "Max-Age=3600",
+        ] {
             assert!(c.contains(part), "{c} lacks {part}");
         }
         assert_eq!(h.get(CACHE_CONTROL).unwrap(), "no-store");

@@ -176,6 +176,7 @@ impl SessionStore for MemoryStore {
         if entry.version.to_string() == base.as_str() {
             entry.record = ours.clone();
         } else {
+            crate::metrics::Metrics::global().count(crate::metrics::Event::SaveConflict);
             entry.record.merge(changes, ours);
         }
         entry.version = version;
@@ -267,7 +268,7 @@ impl ManagedStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::expiry::{ManualClock, Timestamp};
+    use crate::expiry::{Clock, ManualClock, Timestamp};
     use crate::id::Token;
     use serde_json::json;
     use std::time::Duration;

@@ -507,16 +507,37 @@ pub(crate) trait DynStore: Send + Sync + 'static {
 
 pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Times a store call and counts its failure, for `/metrics`.
+async fn instrumented<T>(
+    op: crate::metrics::Op,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let start = std::time::Instant::now();
+    let res = fut.await;
+    let m = crate::metrics::Metrics::global();
+    m.observe_store_call(op, start.elapsed());
+    if res.is_err() {
+        m.count(crate::metrics::Event::StoreError);
+    }
+    res
+}
+
 impl<S: SessionStore> DynStore for S {
     fn load<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<Loaded>, StoreError>> {
-        Box::pin(SessionStore::load(self, key))
+        Box::pin(instrumented(
+            crate::metrics::Op::Load,
+            SessionStore::load(self, key),
+        ))
     }
     fn create<'a>(
         &'a self,
         key: &'a StoreKey,
         record: &'a Record,
     ) -> BoxFuture<'a, Result<Created, StoreError>> {
-        Box::pin(SessionStore::create(self, key, record))
+        Box::pin(instrumented(
+            crate::metrics::Op::Create,
+            SessionStore::create(self, key, record),
+        ))
     }
     fn save<'a>(
         &'a self,
@@ -525,10 +546,16 @@ impl<S: SessionStore> DynStore for S {
         ours: &'a Record,
         changes: &'a ChangeSet,
     ) -> BoxFuture<'a, Result<Saved, StoreError>> {
-        Box::pin(SessionStore::save(self, key, base, ours, changes))
+        Box::pin(instrumented(
+            crate::metrics::Op::Save,
+            SessionStore::save(self, key, base, ours, changes),
+        ))
     }
     fn delete<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(SessionStore::delete(self, key))
+        Box::pin(instrumented(
+            crate::metrics::Op::Delete,
+            SessionStore::delete(self, key),
+        ))
     }
 }
 
@@ -589,7 +616,13 @@ mod tests {
 
     #[test]
     fn corrupt_json_is_a_corrupt_error_not_a_panic() {
-        for bad in [&b"{"[..], b"null", b"[1,2]", b"{\"createdAt\":\"x\"}", b"\xff\xfe"] {
+        for bad in [
+            &b"{"[..],
+            b"null",
+            b"[1,2]",
+            b"{\"createdAt\":\"x\"}",
+            b"\xff\xfe",
+        ] {
             let e = Record::from_json(bad).unwrap_err();
             assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
             assert!(!e.is_unavailable());
