@@ -45,7 +45,7 @@ impl Timestamp {
     }
 
     /// This moment plus `d`, saturating.
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         Timestamp(
             self.0
                 .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
@@ -154,12 +154,12 @@ impl Default for Expiry {
 impl Expiry {
     /// When a session created at `created` and last used at `now` ends: the earlier of the two limits.
     pub fn expires_at(&self, created: Timestamp, now: Timestamp) -> Timestamp {
-        now.add(self.idle).min(self.deadline(created))
+        now.plus(self.idle).min(self.deadline(created))
     }
 
     /// The absolute end of a session created at `created`.
     pub fn deadline(&self, created: Timestamp) -> Timestamp {
-        created.add(self.absolute)
+        created.plus(self.absolute)
     }
 
     /// Whether a read-only request at `now` should refresh a session last written at `last_access`.

@@ -346,17 +346,17 @@ impl Session {
 
     /// When the session was created (`None` for a session not stored yet).
     pub async fn created_at(&self) -> Result<Option<Timestamp>, SessionError> {
-        Ok(self.meta(|r| r.created_at).await?)
+        self.meta(|r| r.created_at).await
     }
 
     /// When the session was last written (`None` for a session not stored yet).
     pub async fn last_access(&self) -> Result<Option<Timestamp>, SessionError> {
-        Ok(self.meta(|r| r.last_access).await?)
+        self.meta(|r| r.last_access).await
     }
 
     /// When the session will expire if not used again (`None` for a session not stored yet).
     pub async fn expires_at(&self) -> Result<Option<Timestamp>, SessionError> {
-        Ok(self.meta(|r| r.expires).await?)
+        self.meta(|r| r.expires).await
     }
 
     /// Sets the session's absolute deadline, the moment it ends however busy it is (for example a longer
@@ -498,7 +498,7 @@ impl Session {
 /// Sets a record's access time to `now` and its expiry per the configured timeouts.
 fn refresh(record: &mut Record, config: &Config, now: Timestamp) {
     record.last_access = now;
-    record.expires = now.add(config.expiry.idle).min(record.deadline);
+    record.expires = now.plus(config.expiry.idle).min(record.deadline);
 }
 
 fn check_size(record: &Record, limit: usize) -> Result<(), SessionError> {

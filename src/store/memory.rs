@@ -277,8 +277,8 @@ mod tests {
         Record {
             created_at: now,
             last_access: now,
-            expires: now.add(ttl),
-            deadline: now.add(ttl * 10),
+            expires: now.plus(ttl),
+            deadline: now.plus(ttl * 10),
             user_agent: None,
             user: None,
             data: json!({"n": 1}).as_object().unwrap().clone(),
