@@ -1,0 +1,77 @@
+//! A store wrapper that records every call, and one that fails on demand.
+#![allow(dead_code)]
+
+use sessionforge::id::StoreKey;
+use sessionforge::store::{
+    ChangeSet, Created, Loaded, Record, Saved, SessionStore, StoreError, StoreKind, Version,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One store call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    Load(StoreKey),
+    Create(StoreKey),
+    Save(StoreKey),
+    Delete(StoreKey),
+}
+
+/// Wraps a store, logging each call in order; `fail` makes every call fail as "unavailable".
+#[derive(Clone)]
+pub struct Recording<S> {
+    pub inner: S,
+    pub calls: Arc<Mutex<Vec<Call>>>,
+    pub fail: Arc<AtomicBool>,
+}
+
+impl<S> Recording<S> {
+    pub fn new(inner: S) -> Self {
+        Recording {
+            inner,
+            calls: Default::default(),
+            fail: Default::default(),
+        }
+    }
+
+    pub fn take(&self) -> Vec<Call> {
+        std::mem::take(&mut self.calls.lock().unwrap())
+    }
+
+    fn log(&self, c: Call) -> Result<(), StoreError> {
+        self.calls.lock().unwrap().push(c);
+        if self.fail.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable {
+                backend: StoreKind::Memory,
+                source: "injected failure".into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<S: SessionStore> SessionStore for Recording<S> {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
+        self.log(Call::Load(key.clone()))?;
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
+        self.log(Call::Create(key.clone()))?;
+        self.inner.create(key, record).await
+    }
+    async fn save(
+        &self,
+        key: &StoreKey,
+        base: &Version,
+        ours: &Record,
+        changes: &ChangeSet,
+    ) -> Result<Saved, StoreError> {
+        self.log(Call::Save(key.clone()))?;
+        self.inner.save(key, base, ours, changes).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        self.log(Call::Delete(key.clone()))?;
+        self.inner.delete(key).await
+    }
+}
