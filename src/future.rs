@@ -77,7 +77,9 @@ where
                         // The handler never used the session: nothing to load, save or send.
                         return Poll::Ready(Ok(res.map(SessionBody::inner)));
                     }
-                    let fut = Box::pin(finish(res, session, config.clone(), *grpc));
+                    // Counted from here, so a drain that starts now waits for this save.
+                    let guard = config.shutdown.as_ref().map(|s| s.save_guard());
+                    let fut = Box::pin(finish(res, session, config.clone(), *grpc, guard));
                     this.state.set(State::Saving { fut });
                 }
                 StateProj::Saving { fut } => return fut.as_mut().poll(cx).map(Ok),
@@ -92,6 +94,7 @@ async fn finish<B>(
     session: Session,
     config: Arc<Config>,
     grpc: bool,
+    _in_flight: Option<crate::shutdown::SaveGuard>,
 ) -> Response<SessionBody<B>> {
     let outcome = session.commit().await;
     let mut res = res.map(SessionBody::inner);

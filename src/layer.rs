@@ -31,6 +31,7 @@ pub(crate) struct Config {
     pub(crate) clock: SharedClock,
     pub(crate) policy: StoreErrorPolicy,
     pub(crate) max_size: usize,
+    pub(crate) shutdown: Option<crate::shutdown::Shutdown>,
 }
 
 /// Adds a [`Session`](crate::Session) to every request's extensions and saves what the handler changed.
@@ -56,6 +57,7 @@ pub struct SessionLayer {
     clock: SharedClock,
     policy: StoreErrorPolicy,
     max_size: usize,
+    shutdown: Option<crate::shutdown::Shutdown>,
     /// Built once, on first use, so that every service the layer makes shares one config.
     built: Arc<std::sync::OnceLock<Arc<Config>>>,
 }
@@ -83,6 +85,7 @@ impl SessionLayer {
             clock: Arc::new(SystemClock),
             policy: StoreErrorPolicy::Fail,
             max_size: 64 * 1024,
+            shutdown: None,
             built: Default::default(),
         }
     }
@@ -209,6 +212,14 @@ impl SessionLayer {
         self
     }
 
+    /// Counts saves in progress with `shutdown`, so [`Shutdown::drain`](crate::shutdown::Shutdown::drain)
+    /// can wait for them.
+    pub fn with_shutdown(mut self, shutdown: &crate::shutdown::Shutdown) -> Self {
+        self.shutdown = Some(shutdown.clone());
+        self.built = Default::default();
+        self
+    }
+
     fn config(&self) -> Arc<Config> {
         self.built
             .get_or_init(|| {
@@ -219,6 +230,7 @@ impl SessionLayer {
                     clock: self.clock.clone(),
                     policy: self.policy,
                     max_size: self.max_size,
+                    shutdown: self.shutdown.clone(),
                 })
             })
             .clone()

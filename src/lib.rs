@@ -12,6 +12,7 @@ mod layer;
 pub mod metrics;
 mod service;
 mod session;
+pub mod shutdown;
 pub mod store;
 mod transport;
 

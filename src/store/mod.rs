@@ -30,8 +30,10 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+pub mod failover;
 pub mod memory;
 
+pub use failover::FailoverStore;
 pub use memory::MemoryStore;
 
 /// A boxed error, as sources are kept.

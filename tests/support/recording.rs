@@ -15,6 +15,8 @@ pub enum Call {
     Create(StoreKey),
     Save(StoreKey),
     Delete(StoreKey),
+    /// count, list or cleanup.
+    Count,
 }
 
 /// Wraps a store, logging each call in order; `fail` makes every call fail as "unavailable".
@@ -73,5 +75,38 @@ impl<S: SessionStore> SessionStore for Recording<S> {
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         self.log(Call::Delete(key.clone()))?;
         self.inner.delete(key).await
+    }
+}
+
+use sessionforge::store::{ManagedStore, Page, StoreHealth, Usage};
+
+/// A `Recording` of a managed store is managed too; while failing it reports an unhealthy "Redis",
+/// which is how the failover store sees a primary go down.
+impl<S: ManagedStore> ManagedStore for Recording<S> {
+    fn kind(&self) -> StoreKind {
+        self.inner.kind()
+    }
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.log(Call::Count)?;
+        self.inner.count().await
+    }
+    async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        self.log(Call::Count)?;
+        self.inner.list(cursor, limit).await
+    }
+    async fn cleanup(&self) -> Result<u64, StoreError> {
+        self.log(Call::Count)?;
+        self.inner.cleanup().await
+    }
+    async fn health(&self) -> StoreHealth {
+        let down = self.fail.load(Ordering::SeqCst);
+        StoreHealth {
+            serving: self.inner.kind(),
+            redis_healthy: Some(!down),
+            detail: down.then(|| "injected outage".to_owned()),
+        }
+    }
+    async fn usage(&self) -> Result<Usage, StoreError> {
+        self.inner.usage().await
     }
 }

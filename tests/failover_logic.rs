@@ -1,0 +1,251 @@
+//! The failover store's logic over two memory stores, with a primary that can be switched off. The
+//! same store over a real redis-server and real files is tested in `failover.rs`.
+
+#[path = "support/http.rs"]
+mod http_support;
+#[path = "support/recording.rs"]
+mod recording;
+
+use axum::routing::{get, post};
+use axum::Router;
+use http_support::{serve, Browser};
+use recording::Recording;
+use sessionforge::id::Token;
+use sessionforge::shutdown::Shutdown;
+use sessionforge::store::{FailoverStore, ManagedStore, MemoryStore, SessionStore, StoreKind};
+use sessionforge::{Session, SessionError, SessionLayer};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+type Store = FailoverStore<Recording<MemoryStore>, MemoryStore>;
+
+async fn setup(
+    primary_up: bool,
+) -> (
+    Store,
+    Recording<MemoryStore>,
+    MemoryStore,
+    Browser,
+    Shutdown,
+) {
+    let primary = Recording::new(MemoryStore::new());
+    primary.fail.store(!primary_up, Ordering::SeqCst);
+    let fallback = MemoryStore::new();
+    let shutdown = Shutdown::new();
+    let store = FailoverStore::new(primary.clone(), fallback.clone())
+        .with_check_interval(Duration::from_secs(3600))
+        .start(&shutdown)
+        .await;
+    let app = Router::new()
+        .route(
+            "/incr",
+            post(|s: Session| async move {
+                let n: u64 = s.get("n").await?.unwrap_or(0) + 1;
+                s.insert("n", n).await?;
+                Ok::<_, SessionError>(n.to_string())
+            }),
+        )
+        .route(
+            "/read",
+            get(|s: Session| async move {
+                Ok::<_, SessionError>(s.get::<u64>("n").await?.unwrap_or(0).to_string())
+            }),
+        )
+        .route(
+            "/logout",
+            post(|s: Session| async move {
+                s.destroy().await?;
+                Ok::<_, SessionError>("bye")
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()));
+    let b = Browser::new(serve(app).await);
+    (store, primary, fallback, b, shutdown)
+}
+
+fn key(b: &Browser) -> sessionforge::id::StoreKey {
+    Token::parse(b.cookie.as_ref().unwrap())
+        .unwrap()
+        .store_key()
+}
+
+#[tokio::test]
+async fn a_primary_down_at_start_serves_from_the_fallback() {
+    let (store, _p, fallback, mut b, _s) = setup(false).await;
+    assert!(store.is_on_fallback());
+    assert_eq!(store.kind(), StoreKind::Memory);
+    assert_eq!(b.post("/incr", "").await.body, "1");
+    assert!(fallback.load(&key(&b)).await.unwrap().is_some());
+    let h = store.health().await;
+    assert_eq!(h.redis_healthy, Some(false));
+}
+
+#[tokio::test]
+async fn a_request_that_meets_an_outage_is_served_from_the_fallback_without_error() {
+    let (store, primary, fallback, mut b, _s) = setup(true).await;
+    assert!(!store.is_on_fallback());
+    assert_eq!(b.post("/incr", "").await.body, "1");
+    assert!(primary.inner.load(&key(&b)).await.unwrap().is_some());
+    primary.fail.store(true, Ordering::SeqCst);
+    // The load fails on the primary: the store switches and the request goes on in the fallback.
+    let r = b.post("/incr", "").await;
+    assert_eq!(r.status, 200);
+    assert!(store.is_on_fallback());
+    assert_eq!(store.transitions(), 1);
+    // The Redis-only session could not be read, so this is a fresh one, in the fallback.
+    assert_eq!(r.body, "1");
+    assert!(fallback.load(&key(&b)).await.unwrap().is_some());
+    assert_eq!(b.post("/incr", "").await.body, "2");
+}
+
+#[tokio::test]
+async fn a_session_loaded_just_before_the_outage_is_kept_alive_in_the_fallback() {
+    let (store, primary, fallback, _b, _s) = setup(true).await;
+    let k = Token::generate().store_key();
+    let now = sessionforge::expiry::Clock::now(&sessionforge::expiry::SystemClock);
+    let rec = sessionforge::store::Record {
+        created_at: now,
+        last_access: now,
+        expires: now.plus(Duration::from_secs(600)),
+        deadline: now.plus(Duration::from_secs(6000)),
+        user_agent: None,
+        user: Some("alice".into()),
+        data: serde_json::json!({"cart": 3}).as_object().unwrap().clone(),
+    };
+    store.create(&k, &rec).await.unwrap();
+    let loaded = store.load(&k).await.unwrap().unwrap();
+    primary.fail.store(true, Ordering::SeqCst);
+    let mut changes = sessionforge::store::ChangeSet::default();
+    changes
+        .entries
+        .insert("cart".into(), Some(serde_json::json!(4)));
+    let mut ours = loaded.record.clone();
+    changes.apply(&mut ours.data);
+    let saved = store
+        .save(&k, &loaded.version, &ours, &changes)
+        .await
+        .unwrap();
+    assert_eq!(saved, sessionforge::store::Saved::Saved);
+    assert!(store.is_on_fallback());
+    let kept = fallback.load(&k).await.unwrap().unwrap().record;
+    assert_eq!(kept.data["cart"], 4);
+    assert_eq!(kept.user.as_deref(), Some("alice"));
+}
+
+#[tokio::test]
+async fn failback_moves_outage_sessions_into_the_primary_and_empties_the_fallback() {
+    let (store, primary, fallback, mut b, _s) = setup(false).await;
+    b.post("/incr", "").await;
+    b.post("/incr", "").await;
+    let k = key(&b);
+    let mut others = Vec::new();
+    for _ in 0..7 {
+        let mut o = Browser::new(b.base.trim_start_matches("http://").parse().unwrap());
+        o.post("/incr", "").await;
+        others.push(o);
+    }
+    assert_eq!(fallback.count().await.unwrap(), 8);
+    primary.fail.store(false, Ordering::SeqCst);
+    store.check_now().await;
+    assert!(!store.is_on_fallback());
+    assert_eq!(primary.inner.count().await.unwrap(), 8);
+    assert_eq!(fallback.count().await.unwrap(), 0);
+    assert_eq!(
+        primary.inner.load(&k).await.unwrap().unwrap().record.data["n"],
+        2
+    );
+    // The client carries on, now from the primary.
+    assert_eq!(b.post("/incr", "").await.body, "3");
+    assert_eq!(store.health().await.redis_healthy, Some(true));
+}
+
+#[tokio::test]
+async fn failback_does_not_overwrite_newer_data_in_the_primary() {
+    let (store, primary, fallback, _b, _s) = setup(false).await;
+    let k = Token::generate().store_key();
+    let now = sessionforge::expiry::Clock::now(&sessionforge::expiry::SystemClock);
+    let mk = |at: u64, v: u64| sessionforge::store::Record {
+        created_at: now,
+        last_access: sessionforge::expiry::Timestamp::from_millis(now.as_millis() + at),
+        expires: now.plus(Duration::from_secs(600)),
+        deadline: now.plus(Duration::from_secs(6000)),
+        user_agent: None,
+        user: None,
+        data: serde_json::json!({ "v": v }).as_object().unwrap().clone(),
+    };
+    // The primary kept a newer copy; the fallback has an older one.
+    primary.inner.create(&k, &mk(5_000, 2)).await.unwrap();
+    fallback.create(&k, &mk(1_000, 1)).await.unwrap();
+    // And the other way round for a second key.
+    let k2 = Token::generate().store_key();
+    primary.inner.create(&k2, &mk(1_000, 1)).await.unwrap();
+    fallback.create(&k2, &mk(5_000, 2)).await.unwrap();
+    primary.fail.store(false, Ordering::SeqCst);
+    store.check_now().await;
+    assert_eq!(
+        primary.inner.load(&k).await.unwrap().unwrap().record.data["v"],
+        2
+    );
+    assert_eq!(
+        primary.inner.load(&k2).await.unwrap().unwrap().record.data["v"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_session_deleted_during_the_outage_does_not_come_back_at_failback() {
+    let (store, primary, _fallback, mut b, _s) = setup(true).await;
+    b.post("/incr", "").await;
+    let k = key(&b);
+    primary.fail.store(true, Ordering::SeqCst);
+    store.check_now().await;
+    assert!(store.is_on_fallback());
+    // An admin deletes the session while Redis is away (it still holds it).
+    store.delete(&k).await.unwrap();
+    primary.fail.store(false, Ordering::SeqCst);
+    store.check_now().await;
+    assert!(!store.is_on_fallback());
+    assert!(primary.inner.load(&k).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_request_racing_a_failback_keeps_its_session_whichever_comes_first() {
+    let (store, primary, fallback, mut b, _s) = setup(false).await;
+    b.post("/incr", "").await;
+    let k = key(&b);
+    // The request and the failback race: if the switch comes first and the copy later, the lookup
+    // misses in the primary and reads through to the fallback; either way the session is found.
+    primary.fail.store(false, Ordering::SeqCst);
+    let moved_before_copy = store.clone();
+    let check = tokio::spawn(async move { moved_before_copy.check_now().await });
+    assert_eq!(b.post("/incr", "").await.body, "2");
+    check.await.unwrap();
+    assert!(fallback.load(&k).await.unwrap().is_none());
+    assert_eq!(
+        primary.inner.load(&k).await.unwrap().unwrap().record.data["n"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn the_monitor_fails_back_by_itself_and_stops_at_shutdown() {
+    let primary = Recording::new(MemoryStore::new());
+    primary.fail.store(true, Ordering::SeqCst);
+    let shutdown = Shutdown::new();
+    let store = FailoverStore::new(primary.clone(), MemoryStore::new())
+        .with_check_interval(Duration::from_millis(50))
+        .start(&shutdown)
+        .await;
+    assert!(store.is_on_fallback());
+    primary.fail.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.is_on_fallback() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !store.is_on_fallback(),
+        "no failback within 5 s at a 50 ms interval"
+    );
+    let report = shutdown.drain(Duration::from_secs(2)).await;
+    assert!(report.clean(), "{report:?}");
+}
