@@ -54,6 +54,34 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     )
 }
 
+/// A request refused before any store call: a small value turned into a response at the edge.
+#[derive(Debug)]
+pub(crate) struct Reject {
+    pub status: StatusCode,
+    pub message: String,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+impl Reject {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Reject {
+            status,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Resp {
+        let mut res = error(self.status, self.message);
+        if let Some(allow) = self.allow {
+            res.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        res
+    }
+}
+
 /// A store failure as a response: 503 when the backend is down or slow, 400 for a bad cursor, 500
 /// otherwise. The admin API is protected, so the message names the cause for the operator.
 pub(crate) fn store_error(e: &StoreError) -> Resp {

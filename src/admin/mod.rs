@@ -42,6 +42,8 @@
 //! use std::net::SocketAddr;
 //! use tower::ServiceExt;
 //!
+//! # #[cfg(not(feature = "axum"))] fn main() {} // ConnectInfo is read with the `axum` feature
+//! # #[cfg(feature = "axum")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let store = MemoryStore::new();
@@ -238,7 +240,7 @@ where
         let (parts, _body) = req.into_parts();
         let route = match routes::route(&parts.method, parts.uri.path()) {
             Ok(r) => r,
-            Err(res) => return ResponseFuture::ready(res),
+            Err(rejected) => return ResponseFuture::ready(rejected.into_response()),
         };
         if !route.is_public() {
             if let Err(denied) = self.auth.check(&parts.headers, &parts.extensions) {
@@ -251,7 +253,7 @@ where
             Route::Stats => ResponseFuture::boxed(routes::stats(store)),
             Route::List => match routes::list_query(parts.uri.query(), self.max_page) {
                 Ok((limit, cursor)) => ResponseFuture::boxed(routes::list(store, limit, cursor)),
-                Err(res) => ResponseFuture::ready(res),
+                Err(rejected) => ResponseFuture::ready(rejected.into_response()),
             },
             Route::Delete(id) => ResponseFuture::boxed(routes::delete(store, id)),
             Route::Cleanup => ResponseFuture::boxed(routes::cleanup(store)),

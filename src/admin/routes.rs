@@ -1,10 +1,9 @@
 //! Matching a request to an admin route, and the handlers.
 
-use super::json::{self, Resp};
+use super::json::{self, Reject, Resp};
 use crate::id::StoreKey;
 use crate::metrics::Metrics;
 use crate::store::{ManagedStore, StoreKind, Usage};
-use http::header::{HeaderValue, ALLOW};
 use http::{Method, StatusCode};
 use percent_encoding::percent_decode_str;
 use std::collections::BTreeMap;
@@ -40,12 +39,12 @@ impl Route {
 ///
 /// The route is read from the last path segment (or the last two for `sessions/{id}`), so the service
 /// answers the same under any prefix, stripped or not.
-pub(crate) fn route(method: &Method, path: &str) -> Result<Route, Resp> {
+pub(crate) fn route(method: &Method, path: &str) -> Result<Route, Reject> {
     if path.len() > MAX_PATH {
-        return Err(json::error(StatusCode::URI_TOO_LONG, "path too long"));
+        return Err(Reject::new(StatusCode::URI_TOO_LONG, "path too long"));
     }
     let not_found = || {
-        json::error(
+        Reject::new(
             StatusCode::NOT_FOUND,
             "no such admin route (try /stats, /sessions, /cleanup, /redis-info, /health, /metrics)",
         )
@@ -78,13 +77,11 @@ pub(crate) fn route(method: &Method, path: &str) -> Result<Route, Resp> {
     if allowed {
         Ok(route)
     } else {
-        let mut res = json::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("method {method} not allowed here; use {allow}"),
-        );
-        res.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static(allow));
-        Err(res)
+        Err(Reject {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("method {method} not allowed here; use {allow}"),
+            allow: Some(allow),
+        })
     }
 }
 
@@ -92,8 +89,8 @@ pub(crate) fn route(method: &Method, path: &str) -> Result<Route, Resp> {
 pub(crate) fn list_query(
     query: Option<&str>,
     max_page: usize,
-) -> Result<(usize, Option<String>), Resp> {
-    let bad = |msg: String| json::error(StatusCode::BAD_REQUEST, msg);
+) -> Result<(usize, Option<String>), Reject> {
+    let bad = |msg: String| Reject::new(StatusCode::BAD_REQUEST, msg);
     let mut limit = None;
     let mut cursor = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -345,11 +342,11 @@ mod tests {
     use super::*;
 
     fn ok(method: Method, path: &str) -> Route {
-        route(&method, path).unwrap_or_else(|r| panic!("{path}: {}", r.status()))
+        route(&method, path).unwrap_or_else(|r| panic!("{path}: {}", r.status))
     }
 
     fn status(method: Method, path: &str) -> StatusCode {
-        route(&method, path).map_or_else(|r| r.status(), |_| StatusCode::OK)
+        route(&method, path).map_or_else(|r| r.status, |_| StatusCode::OK)
     }
 
     #[test]
@@ -376,10 +373,10 @@ mod tests {
             StatusCode::METHOD_NOT_ALLOWED
         );
         let r = route(&Method::GET, "/cleanup").unwrap_err();
-        assert_eq!(r.headers()[ALLOW], "POST");
+        assert_eq!(r.allow, Some("POST"));
         let id = crate::id::Token::generate().store_key();
         let r = route(&Method::GET, &format!("/sessions/{id}")).unwrap_err();
-        assert_eq!(r.headers()[ALLOW], "DELETE");
+        assert_eq!(r.allow, Some("DELETE"));
         for p in [
             "",
             "/",
@@ -415,7 +412,7 @@ mod tests {
             "cursor=%00",
         ] {
             let r = list_query(Some(bad), 1000).unwrap_err();
-            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
         }
     }
 
