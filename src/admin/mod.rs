@@ -92,8 +92,39 @@
 //! # }
 //! ```
 //!
-//! With plain Hyper or Tonic, insert a [`PeerAddr`] into each request's extensions where you accept the
-//! connection (`tests/admin.rs` shows a Hyper server doing it).
+//! # Example: plain Hyper
+//!
+//! With plain Hyper (or Tonic), insert a [`PeerAddr`] into each request's extensions where you accept
+//! the connection. Every path can go to the service unchanged: it finds its routes at the end.
+//!
+//! ```no_run
+//! use hyper_util::rt::{TokioExecutor, TokioIo};
+//! use sessionforge::admin::{AdminService, PeerAddr};
+//! use sessionforge::store::MemoryStore;
+//! use tower::Service;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> std::io::Result<()> {
+//! let admin = AdminService::new(MemoryStore::new());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
+//! loop {
+//!     let (tcp, peer) = listener.accept().await?;
+//!     let admin = admin.clone();
+//!     tokio::spawn(async move {
+//!         let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+//!             req.extensions_mut().insert(PeerAddr(peer));
+//!             admin.clone().call(req) // `/api/sessions/stats` and `/stats` both reach stats
+//!         });
+//!         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+//!             .serve_connection(TokioIo::new(tcp), svc)
+//!             .await;
+//!     });
+//! }
+//! # }
+//! ```
+//!
+//! Tonic records the peer as `tonic::transport::server::TcpConnectInfo`; a small layer that copies its
+//! `remote_addr()` into a [`PeerAddr`] makes loopback-only work there.
 //!
 //! # Pitfalls
 //!
