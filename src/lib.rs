@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod admin;
 pub mod expiry;
 #[cfg(feature = "axum")]
 mod extract;

@@ -285,6 +285,9 @@ pub enum StoreError {
     },
     /// The store kept refusing to create a session under fresh keys.
     Conflict,
+    /// A listing cursor ([`ManagedStore::list`]) that the store did not hand out or cannot use: a
+    /// client's mistake, which the admin service answers with 400 rather than 500.
+    InvalidCursor,
     /// Any other backend failure.
     Backend {
         /// Which backend.
@@ -322,6 +325,7 @@ impl fmt::Display for StoreError {
             StoreError::Conflict => {
                 f.write_str("the store reported a key clash for several fresh session tokens")
             }
+            StoreError::InvalidCursor => f.write_str("invalid listing cursor"),
             StoreError::Backend { backend, source } => {
                 write!(f, "{backend} session store failed: {source}")
             }
@@ -466,6 +470,7 @@ pub trait ManagedStore: SessionStore {
     fn count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// One page of sessions, starting at `cursor` (`None` for the first page), at most `limit` long.
+    /// A cursor the store cannot use is [`StoreError::InvalidCursor`].
     fn list(
         &self,
         cursor: Option<&str>,
