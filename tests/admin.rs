@@ -680,7 +680,6 @@ async fn a_bad_cursor_is_a_400_when_the_store_says_so() {
 }
 
 #[tokio::test]
-#[ignore = "MemoryStore::list answers StoreError::Backend for an unknown cursor; it should answer StoreError::InvalidCursor (one-line fix in src/store/memory.rs, left to its owner)"]
 async fn a_garbage_cursor_on_the_memory_store_is_a_400() {
     bounded(async {
         let addr = serve_hyper(AdminService::new(MemoryStore::new())).await;

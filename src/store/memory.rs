@@ -210,12 +210,7 @@ impl ManagedStore for MemoryStore {
         let now = self.inner.clock.now();
         let start = match cursor.map(StoreKey::parse) {
             Some(Ok(k)) => Bound::Excluded(k),
-            Some(Err(_)) => {
-                return Err(StoreError::Backend {
-                    backend: StoreKind::Memory,
-                    source: "invalid cursor".into(),
-                })
-            }
+            Some(Err(_)) => return Err(StoreError::InvalidCursor),
             None => Bound::Unbounded,
         };
         let map = self.map();
