@@ -31,9 +31,11 @@ use std::future::Future;
 use std::time::Duration;
 
 pub mod failover;
+pub mod file;
 pub mod memory;
 
 pub use failover::FailoverStore;
+pub use file::FileStore;
 pub use memory::MemoryStore;
 
 /// A boxed error, as sources are kept.
