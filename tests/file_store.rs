@@ -772,3 +772,58 @@ async fn cleanup_removes_stale_temp_files_but_leaves_foreign_files_alone() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_directory_symlink_or_fifo_under_a_session_name_is_corrupt_not_followed() {
+    bounded(async {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("sessions");
+        let secret = parent.path().join("secret.json");
+        let now = sessionforge::expiry::SystemClock.now();
+        // A valid record outside: following the link would "load" it.
+        std::fs::write(&secret, record(now, Duration::from_secs(600)).to_json()).unwrap();
+        let store = FileStore::new(&dir);
+        store.init().await.unwrap();
+
+        let (d, l, f) = (
+            Token::generate().store_key(),
+            Token::generate().store_key(),
+            Token::generate().store_key(),
+        );
+        std::fs::create_dir(session_file(&dir, &d)).unwrap();
+        std::os::unix::fs::symlink(&secret, session_file(&dir, &l)).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(session_file(&dir, &f))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+
+        let before = std::fs::read(&secret).unwrap();
+        assert!(store.load(&d).await.unwrap().is_none());
+        assert!(store.load(&l).await.unwrap().is_none());
+        if fifo {
+            assert!(store.load(&f).await.unwrap().is_none());
+        }
+        assert_eq!(std::fs::read(&secret).unwrap(), before);
+        assert!(!session_file(&dir, &l).exists());
+        assert!(dir
+            .join(format!("{l}.corrupt"))
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink());
+
+        // Creating under those names works and writes a regular file, not through the link.
+        let rec = record(now, Duration::from_secs(60));
+        assert_eq!(store.create(&l, &rec).await.unwrap(), Created::Created);
+        assert!(session_file(&dir, &l).symlink_metadata().unwrap().is_file());
+        assert_eq!(std::fs::read(&secret).unwrap(), before);
+
+        // Cleanup removes what it can and does not fail on the rest.
+        store.cleanup().await.unwrap();
+        assert!(!dir.join(format!("{l}.corrupt")).exists());
+        assert!(secret.exists());
+        assert_eq!(store.count().await.unwrap(), 1);
+    })
+    .await
+}

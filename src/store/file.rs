@@ -444,6 +444,22 @@ impl Inner {
     /// Reads a session file. The caller holds the session's lock.
     fn current(&self, key: &StoreKey, now: Timestamp) -> Result<Current, StoreError> {
         let path = self.path(key);
+        // Look before opening: a FIFO, socket or symlink planted under a session's name is not one of
+        // ours, and opening a FIFO would block this thread.
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Ok(Current::Corrupt {
+                    size: 0,
+                    error: StoreError::Corrupt {
+                        detail: "session path is not a regular file",
+                        source: None,
+                    },
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Current::Missing),
+            Err(e) => return Err(file_error(e)),
+        }
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Current::Missing),
@@ -627,6 +643,12 @@ impl Inner {
         Ok(())
     }
 
+    /// Undoes [`Inner::reserve_growth`] after a failed write.
+    fn undo_growth(&self, old: u64, new: u64) {
+        let mut c = self.counters();
+        c.bytes = c.bytes.saturating_add(old).saturating_sub(new);
+    }
+
     fn release(&self, files: u64, bytes: u64) {
         let mut c = self.counters();
         c.files = c.files.saturating_sub(files);
@@ -657,21 +679,25 @@ impl Inner {
             if let Some(key) = session_key(name) {
                 // The same lock the hot path takes; this is a blocking-pool thread, so waiting is fine.
                 let _guard = self.locks[stripe(&key)].blocking_lock();
-                match self.current(&key, now) {
-                    Ok(Current::Expired { size }) => {
-                        if self.remove(&key, size)? {
-                            removed += 1;
-                        }
-                    }
+                let size = match self.current(&key, now) {
+                    Ok(Current::Expired { size }) => size,
                     Ok(Current::Corrupt { size, error }) => {
                         tracing::warn!(store_key = %key, error = %error, "removing corrupt session file");
-                        if self.remove(&key, size)? {
-                            removed += 1;
-                        }
+                        size
                     }
-                    Ok(_) => {}
+                    Ok(_) => continue,
                     Err(e) => {
-                        tracing::warn!(store_key = %key, error = %e, "cleanup could not read a session file")
+                        tracing::warn!(store_key = %key, error = %e, "cleanup could not read a session file");
+                        continue;
+                    }
+                };
+                // One entry that cannot be removed (a directory under a session's name) does not stop
+                // the pass.
+                match self.remove(&key, size) {
+                    Ok(true) => removed += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(store_key = %key, error = %e, "cleanup could not remove a session file")
                     }
                 }
             } else if name.ends_with(CORRUPT_EXT) || self.stale_temp(name, &entry) {
@@ -772,7 +798,7 @@ impl SessionStore for FileStore {
             inner.reserve_growth(old_size, new_size)?;
             if let Err(e) = inner.write(&key, &bytes) {
                 // The old file is still in place.
-                inner.reserve_growth(new_size, old_size).ok();
+                inner.undo_growth(old_size, new_size);
                 return Err(e);
             }
             Ok(Saved::Saved)
