@@ -620,7 +620,8 @@ async fn listing_pages_through_every_live_session_exactly_once() {
         assert_eq!(store.count().await.unwrap(), 23);
 
         for bad in ["../../etc", "", "not a key", &"A".repeat(44)] {
-            assert!(store.list(Some(bad), 5).await.is_err(), "{bad}");
+            let err = store.list(Some(bad), 5).await.unwrap_err();
+            assert!(matches!(err, StoreError::InvalidCursor), "{bad}: {err:?}");
         }
         assert!(store.list(None, 0).await.unwrap().sessions.is_empty());
     })
@@ -824,6 +825,30 @@ async fn a_directory_symlink_or_fifo_under_a_session_name_is_corrupt_not_followe
         assert!(!dir.join(format!("{l}.corrupt")).exists());
         assert!(secret.exists());
         assert_eq!(store.count().await.unwrap(), 1);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaper_registered_with_shutdown_stops_by_itself_and_the_drain_is_clean() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_now();
+        let store = FileStore::new(dir.path()).with_clock(clock.clone());
+        let key = Token::generate().store_key();
+        store
+            .create(&key, &record(clock.now(), Duration::from_secs(1)))
+            .await
+            .unwrap();
+        let shutdown = sessionforge::shutdown::Shutdown::new();
+        shutdown.register(store.spawn_reaper_until(Duration::from_millis(20), shutdown.signal()));
+        clock.advance(Duration::from_secs(2));
+        while !names(dir.path()).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.trigger();
+        let report = shutdown.drain(Duration::from_secs(5)).await;
+        assert!(report.clean(), "{report:?}");
     })
     .await
 }

@@ -79,7 +79,9 @@
 //! # Pitfalls
 //!
 //! * The reaper holds only a weak reference to the store and ends by itself when the store is dropped;
-//!   graceful shutdown should still [`abort`](tokio::task::JoinHandle::abort) (and may await) the handle.
+//!   graceful shutdown should still stop it: abort the handle of [`FileStore::spawn_reaper`], or use
+//!   [`FileStore::spawn_reaper_until`] with [`Shutdown::signal`](crate::shutdown::Shutdown::signal) and
+//!   register it with the [`Shutdown`](crate::shutdown::Shutdown).
 //! * Point each store at its own directory: cleanup removes `*.corrupt` files and stale `*.tmp` files
 //!   it finds there.
 
@@ -316,21 +318,53 @@ impl FileStore {
     }
 
     /// Starts a task that runs [`ManagedStore::cleanup`] every `every` (expired sessions, corrupt and
-    /// stale temporary files), logging what it removed or why it failed.
+    /// stale temporary files), logging what it removed or why it failed. The first pass runs after
+    /// `every`. Must be called within a Tokio runtime.
     ///
-    /// The task ends by itself once every clone of the store is dropped. Graceful shutdown stops it
-    /// with [`JoinHandle::abort`](tokio::task::JoinHandle::abort) (a pass already on the blocking pool
-    /// finishes its current file operations; nothing is left half-written). Must be called within a
-    /// Tokio runtime.
+    /// The task runs until aborted, or until every clone of the store is dropped (it holds only a weak
+    /// reference). Graceful shutdown stops it with
+    /// [`JoinHandle::abort`](tokio::task::JoinHandle::abort); a pass already on the blocking pool
+    /// finishes the file it is on, so nothing is left half-written. With the crate's
+    /// [`Shutdown`](crate::shutdown::Shutdown), prefer [`FileStore::spawn_reaper_until`], which ends by
+    /// itself so a drain reports clean.
     pub fn spawn_reaper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        self.spawn_reaper_until(every, std::future::pending())
+    }
+
+    /// Like [`FileStore::spawn_reaper`], but the task also ends when `stop` resolves (between passes):
+    ///
+    /// ```no_run
+    /// # async fn run() {
+    /// use sessionforge::{shutdown::Shutdown, store::FileStore};
+    /// use std::time::Duration;
+    ///
+    /// let shutdown = Shutdown::new();
+    /// let store = FileStore::new("./sessions");
+    /// shutdown.register(store.spawn_reaper_until(Duration::from_secs(600), shutdown.signal()));
+    /// // ... serve until shutdown.signal() resolves, then:
+    /// assert!(shutdown.drain(Duration::from_secs(5)).await.clean());
+    /// # }
+    /// ```
+    pub fn spawn_reaper_until(
+        &self,
+        every: Duration,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let every = every.max(Duration::from_millis(10));
         tokio::spawn(async move {
+            tokio::pin!(stop);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await; // the first tick is immediate; the first pass runs after `every`
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = &mut stop => {
+                        tracing::debug!("session file reaper stopped");
+                        return;
+                    }
+                    _ = tick.tick() => {}
+                }
                 let Some(inner) = weak.upgrade() else {
                     tracing::debug!("file session store dropped; reaper stops");
                     return;
@@ -850,9 +884,7 @@ impl ManagedStore for FileStore {
         let after = match cursor.map(StoreKey::parse) {
             None => None,
             Some(Ok(k)) => Some(k),
-            Some(Err(e)) => {
-                return Err(backend(format!("invalid listing cursor: {e}")));
-            }
+            Some(Err(_)) => return Err(StoreError::InvalidCursor),
         };
         self.unlocked(move |inner| {
             let now = inner.cfg.clock.now();
