@@ -444,7 +444,7 @@ impl Inner {
         if !meta.is_dir() {
             return Err(dir_error(io::Error::new(
                 ErrorKind::NotADirectory,
-                format!("{} is not a directory", dir.display()),
+                "the session directory path is not a directory",
             )));
         }
         #[cfg(unix)]
@@ -921,18 +921,17 @@ impl ManagedStore for FileStore {
         self.unlocked(|inner| inner.cleanup()).await
     }
 
-    /// Healthy (no detail) when a file can be created in the directory; otherwise the detail says why.
+    /// Healthy (no detail) when a file can be created in the directory; otherwise the detail says why
+    /// (without the directory's path, as health is often public).
     async fn health(&self) -> StoreHealth {
         let res = self.unlocked(|inner| inner.probe()).await;
         StoreHealth {
             serving: StoreKind::File,
             redis_healthy: None,
-            detail: res.err().map(|e| {
-                format!(
-                    "session directory {} is not writable: {e}",
-                    self.inner.cfg.dir.display()
-                )
-            }),
+            // Shown by the public `/health`: the IO error, not the directory's path.
+            detail: res
+                .err()
+                .map(|e| format!("session directory is not writable: {e}")),
         }
     }
 
