@@ -356,11 +356,11 @@ async fn at_the_quota_new_sessions_get_a_json_error_and_existing_ones_keep_worki
             .collect();
 
         let refused = server.get("/count", None).await;
-        // The layer answers a store error other than "unavailable" with 500 and a JSON body; the
-        // client is not told a session exists when none was stored.
-        assert_eq!(refused.status, StatusCode::INTERNAL_SERVER_ERROR);
+        // The layer answers a full store with a JSON 503 that says so; the client is not told a
+        // session exists when none was stored.
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
         let body: Value = serde_json::from_str(&refused.body).unwrap();
-        assert_eq!(body, json!({"error": "session store error"}));
+        assert_eq!(body, json!({"error": "session store full"}));
         assert_eq!(refused.cookie, None);
         assert_eq!(names(dir.path()).len(), 2);
 
@@ -707,6 +707,7 @@ async fn health_usage_and_a_vanished_directory() {
         assert_eq!(h.serving, StoreKind::File);
         assert_eq!(h.redis_healthy, None);
         assert_eq!(h.detail, None, "a writable directory is healthy");
+        assert!(h.healthy);
         let rec = record(
             sessionforge::expiry::SystemClock.now(),
             Duration::from_secs(60),
@@ -729,6 +730,7 @@ async fn health_usage_and_a_vanished_directory() {
 
         std::fs::remove_dir_all(&dir).unwrap();
         let h = store.health().await;
+        assert!(!h.healthy, "{h:?}");
         assert!(
             h.detail.as_deref().unwrap_or("").contains("not writable"),
             "{h:?}"

@@ -927,6 +927,7 @@ impl ManagedStore for FileStore {
         let res = self.unlocked(|inner| inner.probe()).await;
         StoreHealth {
             serving: StoreKind::File,
+            healthy: res.is_ok(),
             redis_healthy: None,
             // Shown by the public `/health`: the IO error, not the directory's path.
             detail: res

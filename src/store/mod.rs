@@ -457,6 +457,8 @@ pub type RedisInfo = BTreeMap<String, BTreeMap<String, String>>;
 pub struct StoreHealth {
     /// The backend serving sessions now.
     pub serving: StoreKind,
+    /// Whether that backend works (answers, or can write its directory).
+    pub healthy: bool,
     /// Whether a Redis behind this store answers (`None` when there is no Redis).
     pub redis_healthy: Option<bool>,
     /// Human-readable detail (the last error, the failover state).
