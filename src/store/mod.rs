@@ -31,7 +31,11 @@ use std::future::Future;
 use std::time::Duration;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisConfig, RedisStore};
 pub use memory::MemoryStore;
 
 /// A boxed error, as sources are kept.
