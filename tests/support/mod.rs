@@ -139,8 +139,8 @@ impl RedisServer {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.kill();
-                let log = std::fs::read_to_string(self.dir.path().join("redis.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
                 Err(format!("{e}; log: {}", log.lines().last().unwrap_or("")))
             }
         }
@@ -243,5 +243,7 @@ fn run_with_deadline(mut cmd: Command, limit: Duration) -> Result<Vec<u8>, Strin
             Err(e) => return Err(e.to_string()),
         }
     }
-    reader.join().map_err(|_| "stdout reader panicked".to_owned())
+    reader
+        .join()
+        .map_err(|_| "stdout reader panicked".to_owned())
 }

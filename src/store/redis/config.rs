@@ -13,7 +13,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The default limit for one command's answer.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// The default number of merge-and-retry rounds a contended save may take.
-pub const DEFAULT_MAX_SAVE_ATTEMPTS: u32 = 16;
+pub const DEFAULT_MAX_SAVE_ATTEMPTS: u32 = 32;
 
 /// The cargo feature that brings TLS (`rediss://`) support.
 pub const TLS_FEATURE: &str = "redis-tls";
@@ -226,7 +226,7 @@ impl RedisConfig {
         self
     }
 
-    /// How many merge-and-retry rounds a contended save may take before failing (default 16).
+    /// How many merge-and-retry rounds a contended save may take before failing (default 32).
     pub fn with_max_save_attempts(mut self, attempts: u32) -> Self {
         self.max_save_attempts = attempts.max(1);
         self

@@ -481,6 +481,7 @@ impl SessionStore for RedisStore {
         let rkey = self.redis_key(key);
         let mut expected = base.clone();
         let mut record = ours.clone();
+        let mut attempt = 0u32;
         for _ in 0..self.inner.config.max_save_attempts {
             let mut inv = scripts().save.prepare_invoke();
             inv.key(&rkey)
@@ -506,6 +507,13 @@ impl SessionStore for RedisStore {
                     record = merged;
                 }
             }
+            // Contended: let the other writers through before trying again. A random pause spreads a
+            // burst of writers to one session (say 64 tabs firing at once) over a few milliseconds
+            // instead of having them collide again in lockstep.
+            attempt += 1;
+            let cap_ms = (1u32 << attempt.min(6)).min(50);
+            let jitter = getrandom::u32().unwrap_or(attempt) % (cap_ms * 1000);
+            tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
         }
         Err(backend(format!(
             "save kept conflicting with concurrent writers ({} attempts)",
