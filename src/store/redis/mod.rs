@@ -123,6 +123,10 @@ struct Inner {
     /// One connect at a time; the others wait for it.
     connecting: tokio::sync::Mutex<()>,
     index_key: String,
+    /// Striped locks that take this process's concurrent saves of one session in turn, so a burst of
+    /// requests on one session costs each at most one merge round instead of colliding again and
+    /// again. Writers in other processes are still handled optimistically by the save script.
+    save_locks: Box<[tokio::sync::Mutex<()>]>,
     /// Store keys already reported as corrupt (bounded), so a bad value is logged once, not per request.
     warned: Mutex<HashSet<String>>,
 }
@@ -199,6 +203,9 @@ impl RedisStore {
                 generation: Default::default(),
                 connecting: tokio::sync::Mutex::new(()),
                 index_key,
+                save_locks: (0..SAVE_LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
                 warned: Mutex::new(HashSet::new()),
             }),
         })
@@ -479,6 +486,20 @@ impl SessionStore for RedisStore {
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         let rkey = self.redis_key(key);
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            (h.finish() % SAVE_LOCK_STRIPES as u64) as usize
+        };
+        // Bounded wait: if the holder is stuck on a frozen Redis, go ahead optimistically rather
+        // than queueing behind it (the script keeps the save correct either way).
+        let _turn = tokio::time::timeout(
+            self.inner.config.command_timeout,
+            self.inner.save_locks[stripe].lock(),
+        )
+        .await
+        .ok();
         let mut expected = base.clone();
         let mut record = ours.clone();
         let mut attempt = 0u32;
@@ -511,6 +532,9 @@ impl SessionStore for RedisStore {
             // burst of writers to one session (say 64 tabs firing at once) over a few milliseconds
             // instead of having them collide again in lockstep.
             attempt += 1;
+            if attempt >= self.inner.config.max_save_attempts {
+                break;
+            }
             let cap_ms = (1u32 << attempt.min(6)).min(50);
             let jitter = getrandom::u32().unwrap_or(attempt) % (cap_ms * 1000);
             tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
@@ -530,6 +554,9 @@ impl SessionStore for RedisStore {
         Ok(n > 0)
     }
 }
+
+/// Number of striped save locks (a few tens of KiB; collisions between sessions are rare).
+const SAVE_LOCK_STRIPES: usize = 1024;
 
 /// Batch size of the cleanup's sweeps.
 const SWEEP_BATCH: usize = 1000;
