@@ -316,7 +316,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
         let mut moved = 0;
         let mut cursor: Option<String> = None;
         loop {
-            // Pages are in key order, so removing migrated keys behind the cursor disturbs nothing.
+            // Pages resume after the cursor, so removing migrated keys behind it disturbs nothing.
             let page = self.inner.fallback.list(cursor.as_deref(), 500).await?;
             for s in &page.sessions {
                 if self.migrate_one(&s.id).await? {

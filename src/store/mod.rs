@@ -33,7 +33,11 @@ use std::time::Duration;
 pub mod failover;
 pub mod file;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisConfig, RedisStore};
 pub use failover::FailoverStore;
 pub use file::FileStore;
 pub use memory::MemoryStore;
