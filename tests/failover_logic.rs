@@ -85,17 +85,70 @@ async fn a_request_that_meets_an_outage_is_served_from_the_fallback_without_erro
     let (store, primary, fallback, mut b, _s) = setup(true).await;
     assert!(!store.is_on_fallback());
     assert_eq!(b.post("/incr", "").await.body, "1");
+    let before = b.cookie.clone();
     assert!(primary.inner.load(&key(&b)).await.unwrap().is_some());
     primary.fail.store(true, Ordering::SeqCst);
-    // The load fails on the primary: the store switches and the request goes on in the fallback.
+    // The load fails on the primary: the store switches and the request goes on in the fallback,
+    // from the session's last known state: nothing acknowledged is lost.
     let r = b.post("/incr", "").await;
     assert_eq!(r.status, 200);
     assert!(store.is_on_fallback());
     assert_eq!(store.transitions(), 1);
-    // The Redis-only session could not be read, so this is a fresh one, in the fallback.
-    assert_eq!(r.body, "1");
-    assert!(fallback.load(&key(&b)).await.unwrap().is_some());
-    assert_eq!(b.post("/incr", "").await.body, "2");
+    assert_eq!(r.body, "2");
+    assert_eq!(b.cookie, before, "same session, same token");
+    assert_eq!(
+        fallback.load(&key(&b)).await.unwrap().unwrap().record.data["n"],
+        2
+    );
+    assert_eq!(b.post("/incr", "").await.body, "3");
+}
+
+#[tokio::test]
+async fn without_the_recent_cache_a_redis_only_session_starts_fresh_during_an_outage() {
+    let primary = Recording::new(MemoryStore::new());
+    let fallback = MemoryStore::new();
+    let shutdown = Shutdown::new();
+    let store = FailoverStore::new(primary.clone(), fallback.clone())
+        .with_recent_sessions(0)
+        .with_check_interval(Duration::from_secs(3600))
+        .start(&shutdown)
+        .await;
+    let k = Token::generate().store_key();
+    let now = sessionforge::expiry::Clock::now(&sessionforge::expiry::SystemClock);
+    let rec = sessionforge::store::Record {
+        created_at: now,
+        last_access: now,
+        expires: now.plus(Duration::from_secs(600)),
+        deadline: now.plus(Duration::from_secs(6000)),
+        user_agent: None,
+        user: None,
+        data: Default::default(),
+    };
+    store.create(&k, &rec).await.unwrap();
+    assert!(store.load(&k).await.unwrap().is_some());
+    primary.fail.store(true, Ordering::SeqCst);
+    assert!(store.load(&k).await.unwrap().is_none());
+    assert!(store.is_on_fallback());
+}
+
+#[tokio::test]
+async fn the_recent_cache_follows_merged_saves_and_forgets_deleted_sessions() {
+    let (store, primary, _fallback, mut b, _s) = setup(true).await;
+    b.post("/incr", "").await;
+    let mut other = b.clone();
+    // Two writers on one session through the primary, then a logout of a second session.
+    b.post("/incr", "").await;
+    other.post("/incr", "").await;
+    let mut gone = Browser::new(b.base.trim_start_matches("http://").parse().unwrap());
+    gone.post("/incr", "").await;
+    let gone_token = gone.cookie.clone();
+    gone.post("/logout", "").await;
+    primary.fail.store(true, Ordering::SeqCst);
+    assert_eq!(b.get("/read").await.body, "3");
+    assert!(store.is_on_fallback());
+    // The logged-out session is not restored from the cache.
+    gone.cookie = gone_token;
+    assert_eq!(gone.get("/read").await.body, "0");
 }
 
 #[tokio::test]

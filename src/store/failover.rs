@@ -18,9 +18,13 @@
 //!
 //! # What users see
 //!
-//! * During an outage, sessions that lived only in Redis cannot be read. A client whose session is read
-//!   then starts a fresh one in files; a client whose session is *written* by a request that was loading
-//!   it as Redis went away keeps it: the request's view is written to files under the same key.
+//! * During an outage, sessions this instance has served from Redis recently carry on from files: the
+//!   store keeps the last state it read or wrote through Redis for each of them (a bounded cache,
+//!   [`FailoverStore::with_recent_sessions`], 10,000 by default), and a lookup that misses in the files
+//!   during an outage restores the session from it. So a single instance loses no acknowledged change
+//!   when Redis dies. Sessions this instance has not served since (another instance's, or ones pushed
+//!   out of the cache) cannot be read until Redis is back: their clients start fresh sessions. A
+//!   request that was loading a session as Redis went away keeps it too: its view is written to files.
 //! * After failback, sessions Redis kept (it was restarted with persistence, or only the network
 //!   failed) are reachable again, and so are the ones created during the outage. Sessions deleted during
 //!   the outage (logout, admin delete) are deleted from Redis too at failback, so they do not come back.
@@ -59,6 +63,67 @@ struct Inner<P, F> {
     failback: tokio::sync::Mutex<()>,
     check_every: Duration,
     startup_timeout: Duration,
+    recent: Mutex<Recent>,
+}
+
+/// The last known state of sessions served through the primary, to restore them from during an
+/// outage. Bounded; the oldest entries go first.
+struct Recent {
+    capacity: usize,
+    tick: u64,
+    map: std::collections::HashMap<StoreKey, (Record, u64)>,
+    order: std::collections::VecDeque<(StoreKey, u64)>,
+}
+
+impl Recent {
+    fn new(capacity: usize) -> Self {
+        Recent {
+            capacity,
+            tick: 0,
+            map: Default::default(),
+            order: Default::default(),
+        }
+    }
+
+    fn put(&mut self, key: &StoreKey, record: Record) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.tick += 1;
+        self.map.insert(key.clone(), (record, self.tick));
+        self.order.push_back((key.clone(), self.tick));
+        while self.map.len() > self.capacity || self.order.len() > 2 * self.capacity.max(8) {
+            let Some((k, t)) = self.order.pop_front() else {
+                break;
+            };
+            // Only the newest mention of a key evicts it; older ones are stale order entries.
+            if self.map.get(&k).is_some_and(|(_, newest)| *newest == t) {
+                self.map.remove(&k);
+            }
+        }
+    }
+
+    /// Applies a saved change-set the way the primary did: to the state it holds.
+    fn apply(&mut self, key: &StoreKey, changes: &ChangeSet, ours: &Record) {
+        let merged = match self.map.get(key) {
+            Some((current, _)) => {
+                let mut r = current.clone();
+                r.merge(changes, ours);
+                r
+            }
+            None => ours.clone(),
+        };
+        self.put(key, merged);
+    }
+
+    fn remove(&mut self, key: &StoreKey) -> Option<Record> {
+        self.map.remove(key).map(|(r, _)| r)
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
 }
 
 /// A store that fails over from a primary (Redis) to a fallback (files) and back. Cheap to clone.
@@ -130,6 +195,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                 failback: tokio::sync::Mutex::new(()),
                 check_every: Duration::from_secs(5),
                 startup_timeout: Duration::from_secs(2),
+                recent: Mutex::new(Recent::new(10_000)),
             }),
         }
     }
@@ -153,6 +219,17 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
     #[must_use]
     pub fn with_startup_timeout(self, timeout: Duration) -> Self {
         self.with_inner(|i| i.startup_timeout = timeout)
+    }
+
+    /// How many sessions' last known state to keep for restoring them during an outage (default 10,000;
+    /// 0 turns it off). Each costs about the size of its record in memory.
+    #[must_use]
+    pub fn with_recent_sessions(self, capacity: usize) -> Self {
+        self.with_inner(|i| i.recent = Mutex::new(Recent::new(capacity)))
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.inner.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Probes the primary (switching to the fallback with the warning line if it does not answer in
@@ -255,7 +332,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
 
     fn note_failure(&self, e: &StoreError) {
         if e.is_unavailable() {
-            self.fail_over(&e.to_string());
+            self.fail_over(&e.root_cause());
         }
     }
 
@@ -275,6 +352,8 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                 .last_error
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = None;
+            // What the cache knew predates the outage; the primary is the truth again.
+            self.recent().clear();
             tracing::info!(
                 to = %self.inner.primary.kind(),
                 "primary session store healthy again; failing back"
@@ -379,10 +458,11 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
         if !self.is_on_fallback() {
             match self.inner.primary.load(key).await {
                 Ok(Some(l)) => {
+                    self.recent().put(key, l.record.clone());
                     return Ok(Some(Loaded {
                         record: l.record,
                         version: tag(FROM_PRIMARY, l.version),
-                    }))
+                    }));
                 }
                 Ok(None) if self.inner.migrating.load(Ordering::Acquire) => {
                     // Failing back: the session may still be in the fallback. Move it first.
@@ -395,12 +475,26 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
                     }
                     return Ok(None);
                 }
-                Ok(None) => return Ok(None),
+                Ok(None) => {
+                    self.recent().remove(key);
+                    return Ok(None);
+                }
                 Err(e) if e.is_unavailable() => self.note_failure(&e),
                 Err(e) => return Err(e),
             }
         }
-        Ok(self.inner.fallback.load(key).await?.map(|l| Loaded {
+        let mut loaded = self.inner.fallback.load(key).await?;
+        if loaded.is_none() {
+            // Served through the primary before the outage: carry on from its last known state.
+            let known = self.recent().remove(key);
+            let now = crate::expiry::Clock::now(&crate::expiry::SystemClock);
+            if let Some(record) = known.filter(|r| !r.is_expired(now)) {
+                self.inner.fallback.create(key, &record).await?;
+                tracing::debug!(store_key = %key, "session restored from its last known state");
+                loaded = self.inner.fallback.load(key).await?;
+            }
+        }
+        Ok(loaded.map(|l| Loaded {
             record: l.record,
             version: tag(FROM_FALLBACK, l.version),
         }))
@@ -409,6 +503,10 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
         if !self.is_on_fallback() {
             match self.inner.primary.create(key, record).await {
+                Ok(Created::Created) => {
+                    self.recent().put(key, record.clone());
+                    return Ok(Created::Created);
+                }
                 Err(e) if e.is_unavailable() => self.note_failure(&e),
                 other => return other,
             }
@@ -426,11 +524,19 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
         if !self.is_on_fallback() {
             let v = untag(base, FROM_PRIMARY);
             match self.inner.primary.save(key, &v, ours, changes).await {
+                Ok(Saved::Saved) => {
+                    self.recent().apply(key, changes, ours);
+                    return Ok(Saved::Saved);
+                }
                 Ok(Saved::Gone) if base.as_str().starts_with(FROM_FALLBACK) => {
                     // Loaded from the fallback, not moved yet: move it, then save.
                     if self.migrate_one(key).await? {
                         return self.inner.primary.save(key, &v, ours, changes).await;
                     }
+                    return Ok(Saved::Gone);
+                }
+                Ok(Saved::Gone) => {
+                    self.recent().remove(key);
                     return Ok(Saved::Gone);
                 }
                 Err(e) if e.is_unavailable() => self.note_failure(&e),
@@ -452,6 +558,7 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        self.recent().remove(key);
         if !self.is_on_fallback() {
             match self.inner.primary.delete(key).await {
                 Ok(found) => {

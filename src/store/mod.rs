@@ -339,6 +339,18 @@ impl fmt::Display for StoreError {
     }
 }
 
+impl StoreError {
+    /// The innermost cause's message ("Connection refused (os error 111)"), or this error's own
+    /// message when it has no source: what a log line or a health check should show.
+    pub fn root_cause(&self) -> String {
+        let mut err: &(dyn std::error::Error + 'static) = self;
+        while let Some(next) = err.source() {
+            err = next;
+        }
+        err.to_string()
+    }
+}
+
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -664,6 +676,25 @@ mod tests {
         assert_eq!(stored.last_access, Timestamp::from_millis(7));
         // Never past the absolute deadline.
         assert_eq!(stored.expires, Timestamp::from_millis(100));
+    }
+
+    #[test]
+    fn root_cause_shows_the_innermost_message() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = StoreError::Unavailable {
+            backend: StoreKind::Redis,
+            source: Box::new(io),
+        };
+        assert_eq!(
+            e.to_string(),
+            "redis session store unavailable: Connection refused"
+        );
+        assert_eq!(e.root_cause(), "Connection refused");
+        let t = StoreError::Timeout {
+            backend: StoreKind::Redis,
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(t.root_cause(), t.to_string());
     }
 
     #[test]

@@ -828,7 +828,7 @@ impl ManagedStore for RedisStore {
                 serving: StoreKind::Redis,
                 healthy: false,
                 redis_healthy: Some(false),
-                detail: Some(e.to_string()),
+                detail: Some(e.root_cause()),
             },
         }
     }
