@@ -13,8 +13,9 @@
 //! When the monitor finds the primary healthy again, the store **fails back**: new requests go to the
 //! primary at once, and the sessions created or written in the fallback during the outage are copied
 //! into the primary (a session the primary already holds with a newer `lastAccess` is left alone), then
-//! removed from the fallback. Until the copy is done, a lookup that misses in the primary reads through
-//! to the fallback and moves that session first, so no outage session goes missing in between.
+//! removed from the fallback. Until the copy is done, any request for a session moves that session
+//! first, so no outage session goes missing, and no older copy Redis kept from before the outage is
+//! read (or written over) in between.
 //!
 //! # What users see
 //!
@@ -441,6 +442,16 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
         Ok(true)
     }
 
+    /// While failing back, moves `key`'s fallback copy (if any) into the primary before the primary
+    /// is used for it: the primary may hold an older copy from before the outage, which must not be
+    /// read, or written over with a newer timestamp, before the outage's copy is compared with it.
+    async fn settle(&self, key: &StoreKey) -> Result<(), StoreError> {
+        if self.inner.migrating.load(Ordering::Acquire) {
+            self.migrate_one(key).await?;
+        }
+        Ok(())
+    }
+
     fn remember_deleted(&self, key: &StoreKey) {
         let mut t = self
             .inner
@@ -456,6 +467,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
 impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
     async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
         if !self.is_on_fallback() {
+            self.settle(key).await?;
             match self.inner.primary.load(key).await {
                 Ok(Some(l)) => {
                     self.recent().put(key, l.record.clone());
@@ -463,17 +475,6 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
                         record: l.record,
                         version: tag(FROM_PRIMARY, l.version),
                     }));
-                }
-                Ok(None) if self.inner.migrating.load(Ordering::Acquire) => {
-                    // Failing back: the session may still be in the fallback. Move it first.
-                    if self.migrate_one(key).await? {
-                        let l = self.inner.primary.load(key).await?;
-                        return Ok(l.map(|l| Loaded {
-                            record: l.record,
-                            version: tag(FROM_PRIMARY, l.version),
-                        }));
-                    }
-                    return Ok(None);
                 }
                 Ok(None) => {
                     self.recent().remove(key);
@@ -522,18 +523,12 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         if !self.is_on_fallback() {
+            self.settle(key).await?;
             let v = untag(base, FROM_PRIMARY);
             match self.inner.primary.save(key, &v, ours, changes).await {
                 Ok(Saved::Saved) => {
                     self.recent().apply(key, changes, ours);
                     return Ok(Saved::Saved);
-                }
-                Ok(Saved::Gone) if base.as_str().starts_with(FROM_FALLBACK) => {
-                    // Loaded from the fallback, not moved yet: move it, then save.
-                    if self.migrate_one(key).await? {
-                        return self.inner.primary.save(key, &v, ours, changes).await;
-                    }
-                    return Ok(Saved::Gone);
                 }
                 Ok(Saved::Gone) => {
                     self.recent().remove(key);

@@ -63,6 +63,18 @@ impl Browser {
 
     /// Sends a request with the remembered cookie and remembers what the server sets.
     pub async fn send(&mut self, method: Method, path: &str, body: Option<&str>) -> Reply {
+        self.try_send(method, path, body)
+            .await
+            .expect("request failed or timed out")
+    }
+
+    /// As [`Browser::send`], answering `None` when the request fails (server gone) or takes over 10 s.
+    pub async fn try_send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Option<Reply> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path));
@@ -75,7 +87,7 @@ impl Browser {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
             .unwrap();
-        let reply = raw(&self.client, req).await;
+        let reply = try_raw(&self.client, req).await?;
         for c in reply.set_cookies() {
             let first = c.split(';').next().unwrap();
             let (n, v) = first.split_once('=').unwrap();
@@ -87,7 +99,7 @@ impl Browser {
                 }
             }
         }
-        reply
+        Some(reply)
     }
 
     pub async fn get(&mut self, path: &str) -> Reply {
@@ -101,18 +113,28 @@ impl Browser {
 
 /// Sends one request as given.
 pub async fn raw(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Reply {
+    try_raw(client, req)
+        .await
+        .expect("request failed or timed out")
+}
+
+/// Sends one request, answering `None` when it fails or takes over 10 s.
+pub async fn try_raw(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Option<Reply> {
     let res = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
         .await
-        .expect("request timed out")
-        .expect("request failed");
+        .ok()?
+        .ok()?;
     let status = res.status();
     let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some(Reply {
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    })
 }
 
 /// A fresh client.

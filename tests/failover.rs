@@ -1,0 +1,308 @@
+//! The failover store over a real redis-server (started, killed, frozen and restarted by the tests) and
+//! real files in a tempdir, driven over real HTTP on loopback.
+
+#[path = "support/http.rs"]
+mod http_support;
+mod support;
+
+use axum::routing::{get, post};
+use axum::Router;
+use http_support::Browser;
+use sessionforge::id::Token;
+use sessionforge::shutdown::Shutdown;
+use sessionforge::store::redis::{RedisConfig, RedisStore};
+use sessionforge::store::{FailoverStore, FileStore, ManagedStore, SessionStore, StoreKind};
+use sessionforge::{Session, SessionError, SessionLayer};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::RedisServer;
+
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(300);
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+
+type Store = FailoverStore<RedisStore, FileStore>;
+
+struct App {
+    store: Store,
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn routes() -> Router {
+    Router::new()
+        .route(
+            "/incr",
+            post(|s: Session| async move {
+                let n: u64 = s.get("n").await?.unwrap_or(0) + 1;
+                s.insert("n", n).await?;
+                Ok::<_, SessionError>(n.to_string())
+            }),
+        )
+        .route(
+            "/read",
+            get(|s: Session| async move {
+                Ok::<_, SessionError>(s.get::<u64>("n").await?.unwrap_or(0).to_string())
+            }),
+        )
+}
+
+async fn app(redis_port: u16) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{redis_port}"))
+        .unwrap()
+        .with_prefix("t:")
+        .with_connect_timeout(COMMAND_TIMEOUT)
+        .with_command_timeout(COMMAND_TIMEOUT);
+    let shutdown = Shutdown::new();
+    let store = FailoverStore::new(RedisStore::new(config).unwrap(), FileStore::new(dir.path()))
+        .with_check_interval(CHECK_EVERY)
+        .with_startup_timeout(Duration::from_secs(1))
+        .start(&shutdown)
+        .await;
+    let router = routes().layer(SessionLayer::new(store.clone()).with_shutdown(&shutdown));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let signal = shutdown.signal();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(signal)
+            .await
+            .unwrap();
+    });
+    App {
+        store,
+        addr,
+        shutdown,
+        server,
+        _dir: dir,
+    }
+}
+
+async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .expect("test took over 60 s")
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+fn store_key(b: &Browser) -> sessionforge::id::StoreKey {
+    Token::parse(b.cookie.as_ref().unwrap())
+        .unwrap()
+        .store_key()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_at_start_files_serve_and_failback_carries_the_sessions_over() {
+    bounded(async {
+        let mut redis = RedisServer::start();
+        redis.kill();
+        let app = app(redis.port()).await;
+        assert!(app.store.is_on_fallback());
+        assert_eq!(app.store.kind(), StoreKind::File);
+        let mut b = Browser::new(app.addr);
+        for want in 1..=3 {
+            assert_eq!(b.post("/incr", "").await.body, want.to_string());
+        }
+        let k = store_key(&b);
+        assert!(app.store.fallback().load(&k).await.unwrap().is_some());
+
+        redis.restart();
+        let ready = Instant::now();
+        let store = app.store.clone();
+        let took = wait_until("failback", Duration::from_secs(10), || {
+            !store.is_on_fallback()
+        })
+        .await;
+        assert!(
+            took <= 2 * CHECK_EVERY + Duration::from_millis(300),
+            "failback took {took:?} (monitor interval {CHECK_EVERY:?})"
+        );
+        // The copy follows the switch; wait for it, then look at Redis itself.
+        wait_until("migration", Duration::from_secs(5), || {
+            redis.cli(&["EXISTS", &format!("t:{}", k.as_str())]) == "1"
+        })
+        .await;
+        let json: serde_json::Value =
+            serde_json::from_str(&redis.cli(&["GET", &format!("t:{}", k.as_str())])).unwrap();
+        assert_eq!(json["data"]["n"], 3);
+        let pttl: i64 = redis
+            .cli(&["PTTL", &format!("t:{}", k.as_str())])
+            .parse()
+            .unwrap();
+        assert!(
+            pttl > 0,
+            "the outage session keeps its remaining TTL: {pttl}"
+        );
+        wait_until("fallback emptied", Duration::from_secs(5), || {
+            std::fs::read_dir(app._dir.path()).unwrap().count() == 0
+        })
+        .await;
+        // The client carries on, now from Redis.
+        assert_eq!(b.post("/incr", "").await.body, "4");
+        assert_eq!(app.store.kind(), StoreKind::Redis);
+        assert!(app.store.transitions() >= 2);
+        eprintln!(
+            "failback {took:?} after the check could see Redis; total {:?}",
+            ready.elapsed()
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_fails_no_request_and_loses_no_acknowledged_change() {
+    bounded(async {
+        let mut redis = RedisServer::start();
+        let app = app(redis.port()).await;
+        assert!(!app.store.is_on_fallback());
+        const CLIENTS: usize = 4;
+        const REQUESTS: u64 = 120;
+        let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut kill_tx = Some(kill_tx);
+        let mut clients = Vec::new();
+        for c in 0..CLIENTS {
+            let mut b = Browser::new(app.addr);
+            let kill = if c == 0 { kill_tx.take() } else { None };
+            clients.push(tokio::spawn(async move {
+                let mut kill = kill;
+                let mut slowest = Duration::ZERO;
+                for want in 1..=REQUESTS {
+                    if want == REQUESTS / 3 {
+                        if let Some(k) = kill.take() {
+                            let _ = k.send(());
+                        }
+                    }
+                    let start = Instant::now();
+                    let r = b.post("/incr", "").await;
+                    slowest = slowest.max(start.elapsed());
+                    assert_eq!(r.status, 200, "request {want}: {}", r.body);
+                    assert_eq!(r.body, want.to_string(), "a counter went back");
+                }
+                (b, slowest)
+            }));
+        }
+        kill_rx.await.unwrap();
+        redis.kill();
+        let mut browsers = Vec::new();
+        let mut slowest = Duration::ZERO;
+        for c in clients {
+            let (b, s) = c.await.unwrap();
+            slowest = slowest.max(s);
+            browsers.push(b);
+        }
+        assert!(app.store.is_on_fallback());
+        eprintln!(
+            "{} requests, 0 failed, slowest {slowest:?} (command timeout {COMMAND_TIMEOUT:?})",
+            CLIENTS as u64 * REQUESTS
+        );
+        assert!(slowest < COMMAND_TIMEOUT + Duration::from_secs(2));
+
+        // Redis comes back empty (it never persisted): the failback fills it from the files.
+        redis.restart();
+        let store = app.store.clone();
+        wait_until("failback", Duration::from_secs(10), || {
+            !store.is_on_fallback()
+        })
+        .await;
+        for b in &mut browsers {
+            let k = store_key(b);
+            wait_until("migration", Duration::from_secs(5), || {
+                redis.cli(&["EXISTS", &format!("t:{}", k.as_str())]) == "1"
+            })
+            .await;
+            assert_eq!(b.get("/read").await.body, REQUESTS.to_string());
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_one_timeout_then_files_answer() {
+    bounded(async {
+        let redis = RedisServer::start();
+        let app = app(redis.port()).await;
+        let mut b = Browser::new(app.addr);
+        b.post("/incr", "").await;
+        redis.pause();
+        let start = Instant::now();
+        let r = b.post("/incr", "").await;
+        let first = start.elapsed();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "2", "carried on from the last known state");
+        assert!(
+            first < COMMAND_TIMEOUT + Duration::from_secs(1),
+            "the request that met the frozen Redis took {first:?}"
+        );
+        let start = Instant::now();
+        assert_eq!(b.post("/incr", "").await.body, "3");
+        let next = start.elapsed();
+        assert!(
+            next < COMMAND_TIMEOUT,
+            "later requests skip Redis: {next:?}"
+        );
+        eprintln!("frozen Redis: first request {first:?}, next {next:?}");
+        redis.resume();
+        let store = app.store.clone();
+        wait_until("failback after SIGCONT", Duration::from_secs(10), || {
+            !store.is_on_fallback()
+        })
+        .await;
+        assert_eq!(b.post("/incr", "").await.body, "4");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_persists_every_acknowledged_change() {
+    bounded(async {
+        let redis = RedisServer::start();
+        let app = app(redis.port()).await;
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let mut b = Browser::new(app.addr);
+            clients.push(tokio::spawn(async move {
+                let mut acknowledged = 0u64;
+                // Until the server stops answering; bounded by the count too.
+                for _ in 0..10_000 {
+                    match b.try_send(http::Method::POST, "/incr", None).await {
+                        Some(r) if r.status == 200 => acknowledged = r.body.parse().unwrap(),
+                        _ => break,
+                    }
+                }
+                (b, acknowledged)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.shutdown.trigger();
+        app.server.await.unwrap();
+        let report = app.shutdown.drain(Duration::from_secs(5)).await;
+        assert!(report.clean(), "{report:?}");
+        let redis_store = app.store.primary().clone();
+        let mut total = 0;
+        for c in clients {
+            let (b, acknowledged) = c.await.unwrap();
+            if acknowledged == 0 {
+                continue;
+            }
+            total += acknowledged;
+            let rec = redis_store.load(&store_key(&b)).await.unwrap().unwrap();
+            assert_eq!(rec.record.data["n"], acknowledged);
+        }
+        assert!(
+            total > 0,
+            "the clients got some requests in before shutdown"
+        );
+        eprintln!("{total} acknowledged increments, all in Redis after shutdown");
+    })
+    .await
+}
