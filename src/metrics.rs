@@ -1,8 +1,9 @@
 //! Process-wide counters, rendered as Prometheus text by the admin service's `GET /metrics`.
 //!
 //! Everything is a relaxed atomic: recording costs a few nanoseconds and never locks. The layer counts
-//! sessions and store errors; stores count their calls and time them; the failover store reports its mode
-//! and transitions.
+//! sessions and store errors; stores count their calls and time them; the failover store counts its
+//! transitions. Which backend serves now belongs to a store, not to the process: the admin service
+//! adds it (`sessionforge_store_mode`) from the store it serves.
 //!
 //! ```
 //! use sessionforge::metrics::{Metrics, Op};
@@ -65,8 +66,6 @@ pub struct Metrics {
     store_errors: AtomicU64,
     failovers: AtomicU64,
     failbacks: AtomicU64,
-    /// 0 = redis, 1 = file, 2 = memory, u64::MAX = not reported.
-    mode: AtomicU64,
     latency: [Histogram; OPS.len()],
 }
 
@@ -98,11 +97,7 @@ impl Metrics {
     /// The process-wide counters.
     pub fn global() -> &'static Metrics {
         static GLOBAL: OnceLock<Metrics> = OnceLock::new();
-        GLOBAL.get_or_init(|| {
-            let m = Metrics::default();
-            m.mode.store(u64::MAX, Relaxed);
-            m
-        })
+        GLOBAL.get_or_init(Metrics::default)
     }
 
     fn counter(&self, e: Event) -> &AtomicU64 {
@@ -127,16 +122,6 @@ impl Metrics {
     /// The current value of an event counter.
     pub fn get(&self, e: Event) -> u64 {
         self.counter(e).load(Relaxed)
-    }
-
-    /// Reports which backend serves sessions now.
-    pub fn set_mode(&self, kind: crate::store::StoreKind) {
-        let v = match kind {
-            crate::store::StoreKind::Redis => 0,
-            crate::store::StoreKind::File => 1,
-            crate::store::StoreKind::Memory => 2,
-        };
-        self.mode.store(v, Relaxed);
     }
 
     /// Records how long a store call took.
@@ -208,18 +193,6 @@ impl Metrics {
                 self.get(e)
             );
         }
-        let mode = self.mode.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP sessionforge_store_mode The backend serving sessions now (1 for the active one).\n# TYPE sessionforge_store_mode gauge"
-        );
-        for (i, name) in ["redis", "file", "memory"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "sessionforge_store_mode{{store=\"{name}\"}} {}",
-                u64::from(mode == i as u64)
-            );
-        }
         let name = "sessionforge_store_call_duration_seconds";
         let _ = writeln!(
             out,
@@ -282,13 +255,10 @@ mod tests {
     }
 
     #[test]
-    fn counters_and_mode_are_rendered() {
+    fn counters_are_rendered() {
         let m = Metrics::default();
         m.count(Event::Failover);
-        m.set_mode(crate::store::StoreKind::File);
         let text = m.render();
         assert!(text.contains("sessionforge_failovers_total 1"));
-        assert!(text.contains("sessionforge_store_mode{store=\"file\"} 1"));
-        assert!(text.contains("sessionforge_store_mode{store=\"redis\"} 0"));
     }
 }

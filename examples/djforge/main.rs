@@ -64,7 +64,7 @@ async fn main() -> Result<(), BoxError> {
 
     let files = FileStore::new(&dir);
     files.init().await?;
-    shutdown.register(files.spawn_reaper(Duration::from_secs(60)));
+    shutdown.register(files.spawn_reaper_until(Duration::from_secs(60), shutdown.signal()));
     let redis = RedisStore::new(redis_config.clone())?;
     let store = FailoverStore::new(redis, files)
         .with_check_interval(Duration::from_secs(5))

@@ -3,7 +3,7 @@
 use super::json::{self, Reject, Resp};
 use crate::id::StoreKey;
 use crate::metrics::Metrics;
-use crate::store::{ManagedStore, Usage};
+use crate::store::{ManagedStore, StoreKind, Usage};
 use http::{Method, StatusCode};
 use percent_encoding::percent_decode_str;
 use std::collections::BTreeMap;
@@ -321,6 +321,18 @@ pub(crate) async fn metrics<S: ManagedStore>(store: Arc<S>) -> Resp {
         let _ = writeln!(
             text,
             "# HELP sessionforge_sessions Sessions stored now.\n# TYPE sessionforge_sessions gauge\nsessionforge_sessions {n}"
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP sessionforge_store_mode The backend serving sessions now (1 for the active one).\n# TYPE sessionforge_store_mode gauge"
+    );
+    let serving = store.kind();
+    for kind in [StoreKind::Redis, StoreKind::File, StoreKind::Memory] {
+        let _ = writeln!(
+            text,
+            "sessionforge_store_mode{{store=\"{kind}\"}} {}",
+            u8::from(kind == serving)
         );
     }
     if let Some(up) = store.health().await.redis_healthy {

@@ -29,9 +29,9 @@
 //! * After failback, sessions Redis kept (it was restarted with persistence, or only the network
 //!   failed) are reachable again, and so are the ones created during the outage. Sessions deleted during
 //!   the outage (logout, admin delete) are deleted from Redis too at failback, so they do not come back.
-//! * Every transition is a `tracing` event, counted in `/metrics`
-//!   (`sessionforge_failovers_total`, `sessionforge_failbacks_total`, `sessionforge_store_mode`) and
-//!   visible in the health and stats routes (`sessionStore` is the backend serving now).
+//! * Every transition is a `tracing` event, counted in `/metrics` (`sessionforge_failovers_total`,
+//!   `sessionforge_failbacks_total`, and the admin service's `sessionforge_store_mode`) and visible in
+//!   the health and stats routes (`sessionStore` is the backend serving now).
 
 use super::{
     ChangeSet, Created, Loaded, ManagedStore, Page, Record, RedisInfo, Saved, SessionStore,
@@ -238,7 +238,6 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
     pub async fn start(self, shutdown: &Shutdown) -> Self {
         match tokio::time::timeout(self.inner.startup_timeout, self.inner.primary.health()).await {
             Ok(h) if h.redis_healthy != Some(false) => {
-                Metrics::global().set_mode(self.inner.primary.kind());
                 tracing::info!(store = %self.inner.primary.kind(), "session store connected");
             }
             Ok(h) => self.fail_over(h.detail.as_deref().unwrap_or("health check failed")),
@@ -320,7 +319,6 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
         self.inner.transitions.fetch_add(1, Ordering::Relaxed);
         let m = Metrics::global();
         m.count(Event::Failover);
-        m.set_mode(self.inner.fallback.kind());
         tracing::warn!(
             from = %self.inner.primary.kind(),
             to = %self.inner.fallback.kind(),
@@ -347,7 +345,6 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
             self.inner.transitions.fetch_add(1, Ordering::Relaxed);
             let m = Metrics::global();
             m.count(Event::Failback);
-            m.set_mode(self.inner.primary.kind());
             *self
                 .inner
                 .last_error

@@ -1,0 +1,462 @@
+//! The djforge example: its router (the same code the example runs) over real HTTP in Redis mode and
+//! in file mode, and the example binary itself as a process.
+
+#[path = "../examples/djforge/app.rs"]
+mod app;
+#[path = "support/http.rs"]
+mod http_support;
+mod support;
+
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use http_support::{raw, Browser, Reply};
+use serde_json::Value;
+use sessionforge::admin::AdminAuth;
+use sessionforge::id::Token;
+use sessionforge::shutdown::Shutdown;
+use sessionforge::store::redis::{RedisConfig, RedisStore};
+use sessionforge::store::{FailoverStore, FileStore};
+use sessionforge::SessionLayer;
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::RedisServer;
+
+struct Running {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    _shutdown: Shutdown,
+}
+
+/// The example's router over a failover store on `redis_port`, served with peer addresses.
+async fn start(redis_port: u16, auth: AdminAuth) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = Shutdown::new();
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{redis_port}"))
+        .unwrap()
+        .with_prefix("djforge:sess:")
+        .with_connect_timeout(Duration::from_millis(300))
+        .with_command_timeout(Duration::from_millis(300));
+    let store = FailoverStore::new(RedisStore::new(config).unwrap(), FileStore::new(dir.path()))
+        .with_check_interval(Duration::from_secs(3600))
+        .start(&shutdown)
+        .await;
+    let layer = SessionLayer::new(store.clone()).with_shutdown(&shutdown);
+    let router = app::router(store, layer, auth);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    Running {
+        addr,
+        dir,
+        _shutdown: shutdown,
+    }
+}
+
+fn is_rfc3339(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| humantime::parse_rfc3339(s).is_ok() && s.ends_with('Z'))
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    let mut b = Browser::new(addr);
+    b.get(path).await
+}
+
+async fn post(addr: SocketAddr, path: &str) -> Reply {
+    let mut b = Browser::new(addr);
+    b.post(path, "").await
+}
+
+/// Runs every command of the seed document (`../shared/seed/redis-setup.md`) and checks the shapes.
+async fn seed_commands(addr: SocketAddr, mode: &str) {
+    // A few sessions, one with a user.
+    let mut alice = Browser::new(addr);
+    alice.get("/api/me").await;
+    alice.post("/api/login", r#"{"user":"alice"}"#).await;
+    let mut bob = Browser::new(addr);
+    bob.get("/api/me").await;
+
+    // curl http://localhost:3001/api/sessions/stats
+    let r = get(addr, "/api/sessions/stats").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let stats = r.json();
+    assert_eq!(stats["sessionStore"], mode);
+    assert_eq!(stats["sessionCount"], 2, "{stats}");
+    assert!(is_rfc3339(&stats["timestamp"]), "{stats}");
+    if mode == "redis" {
+        let mem = &stats["memoryUsage"];
+        assert!(
+            mem["used_memory"].as_str().unwrap().parse::<u64>().is_ok(),
+            "{stats}"
+        );
+        assert!(mem["used_memory_human"]
+            .as_str()
+            .unwrap()
+            .ends_with(['K', 'M', 'G', 'B']));
+    } else {
+        let disk = &stats["diskUsage"];
+        assert_eq!(disk["files"], 2, "{stats}");
+        assert!(disk["bytes"].as_u64().unwrap() > 0);
+    }
+
+    // curl http://localhost:3001/api/sessions/sessions
+    let r = get(addr, "/api/sessions/sessions").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let list = r.json();
+    assert_eq!(list["total"], 2);
+    assert!(list["nextCursor"].is_null());
+    assert!(is_rfc3339(&list["timestamp"]));
+    let sessions = list["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    for s in sessions {
+        for field in ["createdAt", "lastAccess", "expires"] {
+            assert!(is_rfc3339(&s[field]), "{field} in {s}");
+        }
+        assert_eq!(
+            s["userAgent"],
+            Value::Null,
+            "the test client sends no User-Agent"
+        );
+        let id = s["id"].as_str().unwrap();
+        assert_eq!(id.len(), 43);
+        // The listing shows store keys, never a usable token.
+        assert_ne!(Some(id), alice.cookie.as_deref());
+        assert_ne!(Some(id), bob.cookie.as_deref());
+    }
+    assert!(sessions.iter().any(|s| s["user"] == "alice"));
+
+    // curl -X POST http://localhost:3001/api/sessions/cleanup
+    let r = post(addr, "/api/sessions/cleanup").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let c = r.json();
+    assert_eq!(c["success"], true);
+    assert!(c["deletedSessions"].is_u64());
+    assert!(c["message"].is_string());
+
+    // curl http://localhost:3001/api/sessions/redis-info
+    let r = get(addr, "/api/sessions/redis-info").await;
+    if mode == "redis" {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let info = r.json();
+        assert!(
+            info["redis"]["server"]["redis_version"].is_string(),
+            "{info}"
+        );
+        assert!(info["redis"]["memory"]["used_memory"].is_string());
+        assert!(is_rfc3339(&info["timestamp"]));
+    } else {
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.json()["error"].is_string());
+    }
+
+    // curl http://localhost:3001/api/health
+    let r = get(addr, "/api/health").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let h = r.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["sessionStore"], mode);
+    assert!(is_rfc3339(&h["timestamp"]));
+    if mode == "redis" {
+        assert_eq!(h["redis"], "healthy");
+    }
+
+    // Metrics are Prometheus text.
+    let r = get(addr, "/api/sessions/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    assert!(r
+        .body
+        .contains("# TYPE sessionforge_sessions_created_total counter"));
+    assert!(r
+        .body
+        .contains(&format!("sessionforge_store_mode{{store=\"{mode}\"}} 1")));
+
+    // Delete alice's session: she is logged out on her next request.
+    let alice_id = sessions.iter().find(|s| s["user"] == "alice").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut admin = Browser::new(addr);
+    let r = admin
+        .send(
+            Method::DELETE,
+            &format!("/api/sessions/sessions/{alice_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["success"], true);
+    let r = admin
+        .send(
+            Method::DELETE,
+            &format!("/api/sessions/sessions/{alice_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let me = alice.get("/api/me").await.json();
+    assert_eq!(me["user"], Value::Null);
+    assert_eq!(me["visits"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_commands_answer_as_documented_in_redis_mode() {
+    let redis = RedisServer::start();
+    let app = start(redis.port(), AdminAuth::loopback_only()).await;
+    seed_commands(app.addr, "redis").await;
+    // Sessions are readable JSON under the djforge prefix (the seed's inspection tip), never KEYS.
+    let keys = redis.cli(&["--scan", "--pattern", "djforge:sess:*"]);
+    let key = keys
+        .lines()
+        .find(|k| !k.ends_with("index"))
+        .expect("a session key");
+    let json: Value = serde_json::from_str(&redis.cli(&["GET", key])).unwrap();
+    assert!(
+        json["createdAt"].is_u64() && json["data"]["visits"].is_u64(),
+        "{json}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_commands_answer_as_documented_in_file_mode() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let app = start(redis.port(), AdminAuth::loopback_only()).await;
+    seed_commands(app.addr, "file").await;
+    assert!(std::fs::read_dir(app.dir.path()).unwrap().count() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_api_counts_logs_in_keeps_prefs_and_logs_out() {
+    let redis = RedisServer::start();
+    let app = start(redis.port(), AdminAuth::loopback_only()).await;
+    let mut b = Browser::new(app.addr);
+    assert_eq!(
+        b.get("/api/me").await.json(),
+        serde_json::json!({"user": null, "visits": 1})
+    );
+    assert_eq!(b.get("/api/me").await.json()["visits"], 2);
+    let before = b.cookie.clone().unwrap();
+    let r = b.post("/api/login", r#"{"user":"alice"}"#).await;
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"success": true, "user": "alice"})
+    );
+    assert_ne!(
+        b.cookie.as_deref(),
+        Some(before.as_str()),
+        "login renews the id"
+    );
+    let me = b.get("/api/me").await.json();
+    assert_eq!(me, serde_json::json!({"user": "alice", "visits": 3}));
+
+    // Two preferences written at once both land.
+    let (mut x, mut y) = (b.clone(), b.clone());
+    let (rx, ry) = tokio::join!(
+        x.send(Method::PUT, "/api/prefs/theme", Some(r#""dark""#)),
+        y.send(Method::PUT, "/api/prefs/lang", Some(r#"{"code":"en"}"#)),
+    );
+    assert_eq!(rx.status, 200);
+    assert_eq!(ry.status, 200);
+    assert_eq!(
+        b.get("/api/prefs").await.json(),
+        serde_json::json!({"theme": "dark", "lang": {"code": "en"}})
+    );
+
+    // Client mistakes are 4xx JSON, never 5xx.
+    for (method, path, body) in [
+        (Method::POST, "/api/login", "not json"),
+        (Method::POST, "/api/login", r#"{"user":""}"#),
+        (Method::PUT, "/api/prefs/..%2Fetc", r#"1"#),
+        (Method::PUT, "/api/prefs/theme", "{"),
+    ] {
+        let r = b.send(method.clone(), path, Some(body)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path} {body}: {}",
+            r.body
+        );
+        assert!(r.json()["error"].is_string());
+    }
+    let r = b.get("/nope").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.json()["error"].is_string());
+
+    let token = b.cookie.clone().unwrap();
+    let r = b.post("/api/logout", "").await;
+    assert_eq!(r.json()["success"], true);
+    assert!(b.cookie.is_none(), "the cookie is removed");
+    let key = format!(
+        "djforge:sess:{}",
+        Token::parse(&token).unwrap().store_key().as_str()
+    );
+    assert_eq!(redis.cli(&["EXISTS", &key]), "0");
+    assert_eq!(
+        b.get("/api/me").await.json(),
+        serde_json::json!({"user": null, "visits": 1})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_set_only_the_right_bearer_token_is_let_in() {
+    let redis = RedisServer::start();
+    let app = start(redis.port(), AdminAuth::bearer("s3cret-token")).await;
+    let client = http_support::client();
+    let send = |auth: Option<&str>| {
+        let mut req = Request::builder().uri(format!("http://{}/api/sessions/stats", app.addr));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        raw(&client, req.body(Full::default()).unwrap())
+    };
+    let r = send(None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "a loopback peer needs the token too"
+    );
+    assert!(r.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    assert_eq!(
+        send(Some("Bearer wrong")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(Some("Bearer s3cret-token")).await.status,
+        StatusCode::OK
+    );
+    // Health stays open.
+    assert_eq!(get(app.addr, "/api/health").await.status, StatusCode::OK);
+}
+
+/// The example binary, which a full `cargo test` builds next to the test binaries (a filtered run
+/// such as `cargo test --test djforge` does not: build it with `cargo build --example djforge`).
+fn example_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("djforge");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest_source = [
+        "src",
+        "src/store",
+        "src/store/redis",
+        "src/admin",
+        "examples/djforge",
+    ]
+    .iter()
+    .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
+    .filter_map(|e| modified(&e.unwrap().path()))
+    .max();
+    assert!(
+        modified(&bin).is_some() && modified(&bin) >= newest_source,
+        "{} is missing or older than its sources: run the whole `cargo test --all-features`, or \
+         `cargo build --all-features --example djforge` first",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn the_example_binary_falls_back_with_the_seed_warning_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut dead = RedisServer::start();
+    dead.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut child = Command::new(example_binary())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env("HOST", "127.0.0.1")
+        .env("REDIS_HOST", "127.0.0.1")
+        .env("REDIS_PORT", dead.port().to_string())
+        .env("SESSION_DIR", dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let warned = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("⚠️  Redis unavailable, falling back to file-based sessions: "))
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let health = rt.block_on(async {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut b = Browser::new(addr);
+        b.get("/api/me").await;
+        get(addr, "/api/health").await.json()
+    });
+    assert_eq!(health["sessionStore"], "file");
+    assert_eq!(health["redis"], "unhealthy");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "djforge did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let line = warned
+        .join()
+        .unwrap()
+        .expect("the seed's warning line on stderr");
+    assert!(line.contains("Connection refused"), "{line}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(
+        out.contains("DJForge stopped (0 saves abandoned, 0 tasks aborted)"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "the session from /api/me is a file"
+    );
+}
+
+#[test]
+fn the_example_binary_names_a_bad_variable() {
+    let out = std::process::Command::new(example_binary())
+        .env("REDIS_PORT", "abc")
+        .env("PORT", support::free_port().to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("REDIS_PORT"), "{err}");
+}
