@@ -1,0 +1,206 @@
+//! A loopback HTTP/1.1 load driver: N connections, each one client with its own cookie jar, for a fixed
+//! time. Shared by `benches/load` and `benches/compare` (included with `#[path]`), so both libraries are
+//! measured by the same code.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// What each client asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Every request reads the session's counter and increments it (`GET /write`).
+    Write,
+    /// Nine requests in ten only read the counter (`GET /read`); the tenth increments it.
+    ReadMostly,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 2] = [Workload::Write, Workload::ReadMostly];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Write => "write-every-request",
+            Workload::ReadMostly => "read-mostly (90% read)",
+        }
+    }
+
+    fn path(self, i: u64) -> &'static str {
+        match self {
+            Workload::Write => "/write",
+            Workload::ReadMostly if i % 10 == 9 => "/write",
+            Workload::ReadMostly => "/read",
+        }
+    }
+}
+
+/// What one timed run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latencies in microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Stats {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+/// One client: a connection and a cookie jar (the session cookie it was last given).
+struct Client {
+    addr: SocketAddr,
+    sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+    cookie: Option<String>,
+}
+
+impl Client {
+    async fn connect(&mut self) -> Result<(), String> {
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        self.sender = Some(sender);
+        Ok(())
+    }
+
+    /// One request; `Ok(status)` once the whole body was read.
+    async fn request(&mut self, path: &str) -> Result<StatusCode, String> {
+        if self.sender.is_none() {
+            self.connect().await?;
+        }
+        let sender = self.sender.as_mut().expect("connected");
+        let mut req = Request::get(path).header(header::HOST, "127.0.0.1");
+        if let Some(c) = &self.cookie {
+            req = req.header(header::COOKIE, c.as_str());
+        }
+        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+        let res = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.sender = None;
+                return Err(e.to_string());
+            }
+        };
+        for set in res.headers().get_all(header::SET_COOKIE) {
+            let Ok(set) = set.to_str() else { continue };
+            let pair = set.split(';').next().unwrap_or("").trim();
+            let removal = set.contains("Max-Age=0") || pair.ends_with('=');
+            self.cookie = if removal { None } else { Some(pair.to_owned()) };
+        }
+        let status = res.status();
+        res.into_body().collect().await.map_err(|e| e.to_string())?;
+        Ok(status)
+    }
+}
+
+/// Gives each of `clients` connections a session (one write request each), then runs `workload` for
+/// `duration` and answers the figures. The driver runs on its own single-threaded runtime (like one
+/// `wrk` thread), on the calling thread.
+pub fn run(addr: SocketAddr, clients: usize, workload: Workload, duration: Duration) -> Stats {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("driver runtime");
+    rt.block_on(async move {
+        let mut tasks = Vec::with_capacity(clients);
+        // Everyone connects and gets a session first; the clock starts when all are ready.
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(clients + 1));
+        for n in 0..clients {
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = Client {
+                    addr,
+                    sender: None,
+                    cookie: None,
+                };
+                for _ in 0..3 {
+                    if matches!(c.request("/write").await, Ok(s) if s.is_success() && c.cookie.is_some())
+                    {
+                        break;
+                    }
+                }
+                start.wait().await;
+                let t0 = Instant::now();
+                let deadline = t0 + duration;
+                let mut lat = Vec::with_capacity(16 * 1024);
+                let mut i = n as u64; // stagger the read-mostly pattern between clients
+                let mut requests = 0u64;
+                let mut errors = 0u64;
+                loop {
+                    let t = Instant::now();
+                    if t >= deadline {
+                        break;
+                    }
+                    let ok = matches!(c.request(workload.path(i)).await, Ok(s) if s.is_success());
+                    lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    requests += 1;
+                    if !ok {
+                        errors += 1;
+                    }
+                    i += 1;
+                }
+                (requests, errors, lat, t0.elapsed())
+            }));
+        }
+        start.wait().await;
+        let mut stats = Stats::default();
+        let mut longest = Duration::ZERO;
+        for t in tasks {
+            let (r, e, l, el) = t.await.expect("client task");
+            stats.requests += r;
+            stats.errors += e;
+            stats.latencies_us.extend(l);
+            longest = longest.max(el);
+        }
+        stats.elapsed = longest;
+        stats.latencies_us.sort_unstable();
+        stats
+    })
+}
+
+/// The median of `xs` and the spread (min..max), as text.
+pub fn median_spread(xs: &[f64], digits: usize) -> (f64, String) {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return (f64::NAN, "-".into());
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let med = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    let spread = if v.len() > 1 {
+        format!(
+            "{med:.digits$} ({:.digits$}..{:.digits$})",
+            v[0],
+            v[v.len() - 1]
+        )
+    } else {
+        format!("{med:.digits$}")
+    };
+    (med, spread)
+}
