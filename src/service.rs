@@ -10,9 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
 
-/// Longest `User-Agent` kept in the session's metadata.
-const MAX_USER_AGENT: usize = 256;
-
 /// Middleware that gives each request a [`Session`] and saves it after the response.
 ///
 /// The inner service is called from `call` itself (sessions load lazily, inside the handler), so the
@@ -64,10 +61,9 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let headers = req.headers();
         let token = self.config.transport.extract(headers, &self.config.signer);
-        let user_agent = headers
-            .get(USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+        // Kept as the header value (a reference-counted clone) and turned into text only if a new
+        // session is created.
+        let user_agent = headers.get(USER_AGENT).cloned();
         let grpc = headers
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));

@@ -25,6 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
+/// Longest `User-Agent` kept in the session's metadata.
+const MAX_USER_AGENT: usize = 256;
+
 /// Why a session operation failed.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -135,7 +138,8 @@ pub(crate) struct Inner {
     store: Arc<dyn DynStore>,
     config: Arc<Config>,
     presented: Option<Token>,
-    user_agent: Option<String>,
+    /// The request's `User-Agent`, turned into text only when a new session's record is made.
+    user_agent: Option<http::HeaderValue>,
     touched: AtomicBool,
     state: Mutex<State>,
 }
@@ -160,7 +164,7 @@ impl Session {
         store: Arc<dyn DynStore>,
         config: Arc<Config>,
         presented: Option<Token>,
-        user_agent: Option<String>,
+        user_agent: Option<http::HeaderValue>,
     ) -> Self {
         Session {
             inner: Arc::new(Inner {
@@ -234,7 +238,7 @@ impl Session {
     /// Stores a raw JSON value under `key`.
     pub async fn insert_value(&self, key: &str, value: Value) -> Result<(), SessionError> {
         let limit = self.inner.config.max_size;
-        let size = key.len() + value.to_string().len();
+        let size = key.len() + json_len(&value);
         if size > limit {
             return Err(SessionError::TooLarge { size, limit });
         }
@@ -388,7 +392,10 @@ impl Session {
             last_access: now,
             expires: expiry.expires_at(now, now),
             deadline: expiry.deadline(now),
-            user_agent: ua.clone(),
+            user_agent: ua
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
             user: None,
             data: Default::default(),
         })
@@ -506,12 +513,27 @@ fn refresh(record: &mut Record, config: &Config, now: Timestamp) {
 }
 
 fn check_size(record: &Record, limit: usize) -> Result<(), SessionError> {
-    let size = serde_json::to_vec(&record.data)
-        .map(|v| v.len())
-        .unwrap_or(0);
+    let size = json_len(&record.data);
     if size > limit {
         Err(SessionError::TooLarge { size, limit })
     } else {
         Ok(())
     }
+}
+
+/// The length of `value` as compact JSON, counted without building the text.
+fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = serde_json::to_writer(&mut n, value);
+    n.0
 }

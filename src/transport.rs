@@ -114,10 +114,13 @@ impl Signer {
     }
 }
 
+/// The prefix of a cookie bound to one origin.
+const HOST_PREFIX: &str = "__Host-";
+
 impl Transport {
     fn cookie_name(s: &CookieSettings) -> String {
         if s.host_prefix {
-            format!("__Host-{}", s.name)
+            format!("{HOST_PREFIX}{}", s.name)
         } else {
             s.name.clone()
         }
@@ -136,18 +139,30 @@ impl Transport {
                 signer.open(name.as_str(), value.to_str().ok()?)
             }
             Transport::Cookie(s) => {
-                let name = Self::cookie_name(s);
-                headers
+                // `name=value` pairs split on `;` and trimmed, as `Cookie::split_parse` does, without
+                // allocating (this runs on every request, session used or not).
+                let is_ours = |n: &str| {
+                    if s.host_prefix {
+                        n.strip_prefix(HOST_PREFIX) == Some(s.name.as_str())
+                    } else {
+                        n == s.name
+                    }
+                };
+                let mut found = headers
                     .get_all(COOKIE)
                     .iter()
                     .filter(|v| v.len() <= MAX_COOKIE_HEADER)
                     .filter_map(|v| v.to_str().ok())
-                    .flat_map(Cookie::split_parse)
-                    .filter_map(Result::ok)
-                    .filter(|c| c.name() == name)
-                    // With duplicates (a cookie-tossing attempt, or a stale cookie on another path) the
-                    // first one that verifies wins; the others are ignored.
-                    .find_map(|c| signer.open(&name, c.value()))
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|pair| pair.split_once('='))
+                    .filter(|(n, _)| is_ours(n.trim()))
+                    .map(|(_, v)| v.trim())
+                    .peekable();
+                found.peek()?;
+                let name = Self::cookie_name(s);
+                // With duplicates (a cookie-tossing attempt, or a stale cookie on another path) the
+                // first one that verifies wins; the others are ignored.
+                found.find_map(|v| signer.open(&name, v))
             }
         }
     }
@@ -174,12 +189,10 @@ impl Transport {
             Transport::Cookie(s) => {
                 let name = Self::cookie_name(s);
                 let value = signer.seal(&name, token);
-                let mut c = Self::base_cookie(s, name, value);
-                if s.persistent {
-                    let secs = expires.remaining(now).as_secs() as i64;
-                    c.set_max_age(cookie::time::Duration::seconds(secs));
-                }
-                Self::set_cookie(headers, &c);
+                let max_age = s
+                    .persistent
+                    .then(|| expires.remaining(now).as_secs() as i64);
+                Self::append_set_cookie(headers, &Self::format_cookie(s, &name, &value, max_age));
             }
         }
     }
@@ -212,12 +225,49 @@ impl Transport {
     }
 
     fn set_cookie(headers: &mut HeaderMap, c: &Cookie<'_>) {
-        if let Ok(v) = HeaderValue::from_str(&c.to_string()) {
+        Self::append_set_cookie(headers, &c.to_string());
+    }
+
+    fn append_set_cookie(headers: &mut HeaderMap, cookie: &str) {
+        if let Ok(v) = HeaderValue::from_str(cookie) {
             headers.append(SET_COOKIE, v);
             if !headers.contains_key(CACHE_CONTROL) {
                 headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             }
         }
+    }
+
+    /// The `Set-Cookie` value for a token, written directly: byte for byte what
+    /// [`Transport::base_cookie`] plus `Max-Age` renders through the `cookie` crate (a test checks),
+    /// at a fraction of the cost, since it is sent on every write.
+    fn format_cookie(s: &CookieSettings, name: &str, value: &str, max_age: Option<i64>) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(128 + name.len() + value.len() + s.path.len());
+        out.push_str(name);
+        out.push('=');
+        out.push_str(value);
+        if s.http_only {
+            out.push_str("; HttpOnly");
+        }
+        let _ = write!(out, "; SameSite={}", s.same_site);
+        let (secure, path, domain) = if s.host_prefix {
+            (true, "/", None)
+        } else {
+            (s.secure, s.path.as_str(), s.domain.as_deref())
+        };
+        if secure {
+            out.push_str("; Secure");
+        }
+        out.push_str("; Path=");
+        out.push_str(path);
+        if let Some(d) = domain {
+            out.push_str("; Domain=");
+            out.push_str(d);
+        }
+        if let Some(secs) = max_age {
+            let _ = write!(out, "; Max-Age={secs}");
+        }
+        out
     }
 }
 
@@ -290,6 +340,65 @@ mod tests {
         assert_eq!(tr.extract(&h, &Signer::default()), Some(t.clone()));
         h.append("x-session-id", HeaderValue::from_str(t.as_str()).unwrap());
         assert_eq!(tr.extract(&h, &Signer::default()), None);
+    }
+
+    #[test]
+    fn the_hand_written_set_cookie_is_what_the_cookie_crate_renders() {
+        let mut settings = vec![CookieSettings::default()];
+        for f in [
+            (|s: &mut CookieSettings| s.http_only = false) as fn(&mut CookieSettings),
+            |s| s.secure = false,
+            |s| s.same_site = SameSite::Strict,
+            |s| s.same_site = SameSite::None,
+            |s| {
+                s.same_site = SameSite::None;
+                s.secure = false
+            },
+            |s| s.domain = Some("example.com".into()),
+            |s| s.path = "/app".into(),
+            |s| {
+                s.host_prefix = true;
+                s.secure = false;
+                s.path = "/x".into();
+                s.domain = Some("example.com".into())
+            },
+        ] {
+            let mut s = CookieSettings::default();
+            f(&mut s);
+            settings.push(s);
+        }
+        for s in settings {
+            for max_age in [None, Some(0), Some(86_400)] {
+                let name = Transport::cookie_name(&s);
+                let mut c = Transport::base_cookie(&s, name.clone(), "tok".into());
+                if let Some(secs) = max_age {
+                    c.set_max_age(cookie::time::Duration::seconds(secs));
+                }
+                assert_eq!(
+                    Transport::format_cookie(&s, &name, "tok", max_age),
+                    c.to_string(),
+                    "{s:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cookie_pairs_are_trimmed_and_host_prefixed_names_matched_exactly() {
+        let t = Token::generate();
+        let tr = Transport::Cookie(CookieSettings::default());
+        let h = cookie_headers(&[format!(" a=b ;  id = {} ;c=d", t.as_str()).as_bytes()]);
+        assert_eq!(tr.extract(&h, &Signer::default()), Some(t.clone()));
+        let h = cookie_headers(&[format!("xid={0}; idx={0}; ID={0}", t.as_str()).as_bytes()]);
+        assert_eq!(tr.extract(&h, &Signer::default()), None);
+        let host = Transport::Cookie(CookieSettings {
+            host_prefix: true,
+            ..Default::default()
+        });
+        let h = cookie_headers(&[format!("id={}", t.as_str()).as_bytes()]);
+        assert_eq!(host.extract(&h, &Signer::default()), None);
+        let h = cookie_headers(&[format!("__Host-id={}", t.as_str()).as_bytes()]);
+        assert_eq!(host.extract(&h, &Signer::default()), Some(t));
     }
 
     #[test]

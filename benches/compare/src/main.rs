@@ -1,0 +1,205 @@
+//! sessionforge against tower-sessions 0.14 with tower-sessions-redis-store 0.16 (fred 10), same
+//! handlers, same driver, same `redis-server`, in one interleaved run:
+//!
+//!     cargo run --release --manifest-path benches/compare/Cargo.toml
+//!
+//! Environment as for the load benchmark: `LOAD_SECS` (default 2), `LOAD_REPS` (default 3),
+//! `LOAD_CLIENTS` (default 64).
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+#[path = "../../load/driver.rs"]
+mod driver;
+#[path = "../../load/probe.rs"]
+mod probe;
+#[path = "../../load/sf_app.rs"]
+mod sf_app;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use driver::{median_spread, Workload};
+use sf_app::{Mode, Server};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tower_sessions::{Session, SessionManagerLayer};
+use tower_sessions_redis_store::fred::prelude::{ClientLike, Config, Pool};
+use tower_sessions_redis_store::RedisStore;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Lib {
+    /// sessionforge's `RedisStore`.
+    SfRedis,
+    /// sessionforge's `RedisStore` with the client-side read cache.
+    SfCached,
+    /// tower-sessions with tower-sessions-redis-store.
+    TowerSessions,
+}
+
+impl Lib {
+    fn name(self) -> &'static str {
+        match self {
+            Lib::SfRedis => "sessionforge redis",
+            Lib::SfCached => "sessionforge redis + read cache",
+            Lib::TowerSessions => "tower-sessions redis",
+        }
+    }
+}
+
+async fn ts_write(session: Session) -> Result<String, StatusCode> {
+    let n: u64 = session
+        .get("counter")
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .unwrap_or(0);
+    session
+        .insert("counter", n + 1)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok((n + 1).to_string())
+}
+
+async fn ts_read(session: Session) -> Result<String, StatusCode> {
+    let n: u64 = session
+        .get("counter")
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .unwrap_or(0);
+    Ok(n.to_string())
+}
+
+fn tower_sessions_server(url: String) -> Server {
+    Server::spawn(move |_shutdown| {
+        Box::pin(async move {
+            // As tower-sessions-redis-store's documentation sets it up: a fred pool of 6.
+            let pool = Pool::new(Config::from_url(&url).expect("url"), None, None, None, 6)
+                .expect("fred pool");
+            let _ = pool.connect();
+            pool.wait_for_connect().await.expect("connect");
+            let layer = SessionManagerLayer::new(RedisStore::new(pool)).with_secure(false);
+            Router::new()
+                .route("/write", get(ts_write))
+                .route("/read", get(ts_read))
+                .layer(layer)
+        })
+    })
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Default)]
+struct Cell {
+    rps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    errors: u64,
+    cmds: Vec<f64>,
+    detail: String,
+    bytes: Vec<f64>,
+    sample: String,
+}
+
+fn main() {
+    let secs: f64 = env_or("LOAD_SECS", 2.0);
+    let reps: usize = env_or("LOAD_REPS", 3);
+    let clients: usize = env_or("LOAD_CLIENTS", 64);
+    let duration = Duration::from_secs_f64(secs);
+    let redis = support::RedisServer::start();
+    println!(
+        "compare: {clients} connections, {secs} s per run, {reps} interleaved repetitions, own redis-server on port {}",
+        redis.port()
+    );
+    let libs = [Lib::SfRedis, Lib::SfCached, Lib::TowerSessions];
+    let mut cells: BTreeMap<(Lib, usize), Cell> = BTreeMap::new();
+    for rep in 0..reps {
+        for &lib in &libs {
+            for (wi, &workload) in Workload::ALL.iter().enumerate() {
+                probe::reset(&redis);
+                let dir = tempfile::tempdir().expect("tempdir");
+                let server = match lib {
+                    Lib::SfRedis => Server::start(Mode::Redis, Some(redis.url()), dir.path().into()),
+                    Lib::SfCached => {
+                        Server::start(Mode::RedisCached, Some(redis.url()), dir.path().into())
+                    }
+                    Lib::TowerSessions => tower_sessions_server(redis.url()),
+                };
+                driver::run(server.addr, clients, workload, Duration::from_millis(300));
+                probe::reset_stats(&redis);
+                let stats = driver::run(server.addr, clients, workload, duration);
+                let calls = probe::command_calls(&redis);
+                let (per, detail) = probe::per_request(&calls, stats.requests);
+                let (bytes, sessions) = probe::memory_per_session(&redis);
+                let cell = cells.entry((lib, wi)).or_default();
+                cell.rps.push(stats.rps());
+                cell.p50.push(stats.percentile_ms(0.5));
+                cell.p99.push(stats.percentile_ms(0.99));
+                cell.errors += stats.errors;
+                cell.cmds.push(per);
+                cell.detail = detail;
+                if sessions > 0 {
+                    cell.bytes.push(bytes as f64 / sessions as f64);
+                }
+                if cell.sample.is_empty() {
+                    cell.sample = probe::sample_value(&redis);
+                }
+                drop(server);
+                eprintln!(
+                    "run {}/{reps} {:<32} {:<24} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
+                    rep + 1,
+                    lib.name(),
+                    workload.name(),
+                    stats.rps(),
+                    stats.percentile_ms(0.5),
+                    stats.percentile_ms(0.99),
+                    stats.errors
+                );
+            }
+        }
+    }
+    println!();
+    println!("| library | workload | req/s median (min..max) | p50 ms | p99 ms | errors | Redis cmds/req (busiest) | Redis bytes/session |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut med = BTreeMap::new();
+    for ((lib, wi), c) in &cells {
+        let (rps, rps_s) = median_spread(&c.rps, 0);
+        let (bytes, bytes_s) = median_spread(&c.bytes, 0);
+        med.insert((*lib, *wi), (rps, bytes));
+        println!(
+            "| {} | {} | {rps_s} | {} | {} | {} | {} ({}) | {bytes_s} |",
+            lib.name(),
+            Workload::ALL[*wi].name(),
+            median_spread(&c.p50, 2).1,
+            median_spread(&c.p99, 2).1,
+            c.errors,
+            median_spread(&c.cmds, 2).1,
+            c.detail
+        );
+    }
+    println!();
+    for (wi, w) in Workload::ALL.iter().enumerate() {
+        let target = if *w == Workload::Write { 1.2 } else { 2.0 };
+        let (ts, ts_bytes) = med[&(Lib::TowerSessions, wi)];
+        for lib in [Lib::SfRedis, Lib::SfCached] {
+            let (sf, sf_bytes) = med[&(lib, wi)];
+            println!(
+                "{} / tower-sessions, {}: throughput {:.2} (target >= {target}), bytes/session {:.2} (target <= 1.2)",
+                lib.name(),
+                w.name(),
+                sf / ts,
+                sf_bytes / ts_bytes
+            );
+        }
+    }
+    println!();
+    for lib in libs {
+        if let Some(c) = cells.get(&(lib, 0)) {
+            println!("{} stores: {}", lib.name(), c.sample.replace('\n', " | "));
+        }
+    }
+}
