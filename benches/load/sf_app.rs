@@ -80,8 +80,7 @@ fn redis_config(url: &str, cached: bool) -> RedisConfig {
 }
 
 fn with_cache(config: RedisConfig) -> RedisConfig {
-    // The client-side read cache comes with the Redis store's `with_read_cache`.
-    config
+    config.with_read_cache(10_000)
 }
 
 fn routes() -> Router {

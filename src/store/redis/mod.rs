@@ -47,9 +47,11 @@
 //!   hash slot; this store talks to a single Redis (or a replicated primary). See the connection notes
 //!   in the source for how a cluster connection fits.
 
+mod cache;
 mod config;
 mod scripts;
 
+pub use cache::ReadCacheStats;
 pub use config::{
     ConfigError, RedisConfig, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_SAVE_ATTEMPTS, DEFAULT_PREFIX, TLS_FEATURE,
@@ -129,6 +131,8 @@ struct Inner {
     save_locks: Box<[tokio::sync::Mutex<()>]>,
     /// Store keys already reported as corrupt (bounded), so a bad value is logged once, not per request.
     warned: Mutex<HashSet<String>>,
+    /// The client-side read cache, when configured ([`RedisConfig::with_read_cache`]).
+    cache: Option<Arc<cache::ReadCache>>,
 }
 
 /// Sessions in Redis. Cheap to clone; clones share one connection.
@@ -195,6 +199,14 @@ impl RedisStore {
                 reason: e.to_string(),
             })?;
         let index_key = format!("{}index", config.prefix);
+        let cache = match config.read_cache {
+            0 => None,
+            n => Some(cache::ReadCache::new(&client, &config, n).map_err(|e| {
+                ConfigError::InvalidUrl {
+                    reason: e.to_string(),
+                }
+            })?),
+        };
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 config,
@@ -207,6 +219,7 @@ impl RedisStore {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
                 warned: Mutex::new(HashSet::new()),
+                cache,
             }),
         })
     }
@@ -230,6 +243,19 @@ impl RedisStore {
     /// expiry (milliseconds since the epoch).
     pub fn index_key(&self) -> &str {
         &self.inner.index_key
+    }
+
+    /// What the client-side read cache has done so far; `None` when it is off.
+    pub fn read_cache_stats(&self) -> Option<ReadCacheStats> {
+        self.inner.cache.as_ref().map(|c| c.stats())
+    }
+
+    /// Drops a session this process just wrote or deleted from the read cache, so its next load reads
+    /// Redis even if the invalidation message is still on its way.
+    fn uncache(&self, rkey: &str) {
+        if let Some(c) = &self.inner.cache {
+            c.invalidate(rkey);
+        }
     }
 
     /// Sends `PING` and answers the round-trip time (connecting first if needed). Bounded by the
@@ -435,14 +461,70 @@ fn backend(msg: impl Into<String>) -> StoreError {
 impl SessionStore for RedisStore {
     async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
         let rkey = self.redis_key(key);
-        let raw: Option<Vec<u8>> = match self.exec(Op::Cmd(redis::cmd("GET").arg(&rkey))).await {
+        let Some(cache) = &self.inner.cache else {
+            let fetched = self.exec(Op::Cmd(redis::cmd("GET").arg(&rkey))).await;
+            return self.decode_load(&rkey, fetched);
+        };
+        if let Some(hit) = cache.get(&rkey) {
+            if !hit.record.is_expired(self.inner.config.clock.now()) {
+                return Ok(Some(hit));
+            }
+            cache.invalidate(&rkey);
+        }
+        match cache.fetch(&rkey).await {
+            Some((ticket, fetched)) => {
+                let loaded = self.decode_load(&rkey, fetched);
+                cache.finish(ticket, loaded.as_ref().ok().and_then(Option::as_ref));
+                loaded
+            }
+            None => {
+                let fetched = self.exec(Op::Cmd(redis::cmd("GET").arg(&rkey))).await;
+                self.decode_load(&rkey, fetched)
+            }
+        }
+    }
+
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
+        let created = self.create_inner(key, record).await;
+        self.uncache(&self.redis_key(key));
+        created
+    }
+
+    async fn save(
+        &self,
+        key: &StoreKey,
+        base: &Version,
+        ours: &Record,
+        changes: &ChangeSet,
+    ) -> Result<Saved, StoreError> {
+        let saved = self.save_inner(key, base, ours, changes).await;
+        self.uncache(&self.redis_key(key));
+        saved
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let deleted = self.delete_inner(key).await;
+        self.uncache(&self.redis_key(key));
+        deleted
+    }
+}
+
+impl RedisStore {
+    /// Turns a `GET` answer into a loaded session: absent, expired, foreign or corrupt values are
+    /// `None` (logged once).
+    fn decode_load(
+        &self,
+        rkey: &str,
+        fetched: Result<Option<Vec<u8>>, StoreError>,
+    ) -> Result<Option<Loaded>, StoreError> {
+        let raw: Option<Vec<u8>> = match fetched {
             Ok(v) => v,
             Err(StoreError::Backend { source, .. })
                 if source
                     .downcast_ref::<RedisError>()
                     .is_some_and(|e| e.code() == Some("WRONGTYPE")) =>
             {
-                self.warn_corrupt(&rkey, &"not a string");
+                self.warn_corrupt(rkey, &"not a string");
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -455,13 +537,13 @@ impl SessionStore for RedisStore {
                 version: version_of(&raw),
             })),
             Err(e) => {
-                self.warn_corrupt(&rkey, &e);
+                self.warn_corrupt(rkey, &e);
                 Ok(None)
             }
         }
     }
 
-    async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
+    async fn create_inner(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
         let mut inv = scripts().create.prepare_invoke();
         inv.key(self.redis_key(key))
             .key(self.index_key())
@@ -478,7 +560,7 @@ impl SessionStore for RedisStore {
         })
     }
 
-    async fn save(
+    async fn save_inner(
         &self,
         key: &StoreKey,
         base: &Version,
@@ -545,7 +627,7 @@ impl SessionStore for RedisStore {
         )))
     }
 
-    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+    async fn delete_inner(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let mut inv = scripts().delete.prepare_invoke();
         inv.key(self.redis_key(key))
             .key(self.index_key())

@@ -1,0 +1,456 @@
+//! The client-side read cache of the Redis store: server-assisted, with `CLIENT TRACKING` over RESP3.
+//!
+//! Turned on with [`RedisConfig::with_read_cache`](super::RedisConfig::with_read_cache). Loads then go
+//! through a second, dedicated connection that speaks RESP3 and has tracking on: Redis remembers which
+//! session keys it read and pushes an invalidation message on that connection as soon as any client
+//! (this instance, another instance, `redis-cli`) changes or deletes one of them, or the key expires.
+//! A load of a cached session costs no round trip; everything else is unchanged (saves, creates and
+//! deletes still go through the main connection and its scripts).
+//!
+//! # Correctness
+//!
+//! * **Invalidations are applied in wire order.** They are handled synchronously by the connection's
+//!   reader (an [`AsyncPushSender`]), never queued behind another task, so an invalidation that Redis
+//!   sent after a reply is applied before any later reply on that connection is used.
+//! * **No stale fill.** A load takes a [`Ticket`] before it sends `GET`; an invalidation of that key
+//!   (or a flush) while the `GET` is in flight voids the ticket and the answer is not cached, so a
+//!   value read just before another writer changed it cannot outlive the invalidation.
+//! * **Own writes.** After this instance saves, creates or deletes a session, the store drops the key
+//!   from the cache itself before answering, so its next request reads the new state even if the
+//!   invalidation message is still on its way.
+//! * **Lost tracking means an empty cache.** When the tracking connection closes or fails (or Redis
+//!   answers `FLUSHALL`), the whole cache is flushed and not used again until a new connection has
+//!   tracking on: no stale read after a disconnect, when invalidations may have been missed.
+//! * **Bounded.** At most `capacity` sessions are kept; beyond that an arbitrary entry is dropped.
+//!   Entries also respect the session's own expiry.
+//!
+//! Another instance sees a change as soon as its tracking connection has received the invalidation,
+//! which Redis sends while it executes the write, before the writer's reply: in practice sub-millisecond
+//! on a LAN, and never later than the writer's next request to that instance.
+
+use super::{is_connection_problem, map_error, RedisConfig};
+use crate::store::{Loaded, StoreError, StoreKind};
+use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+/// How long the cache waits before trying to open its tracking connection again after a failure
+/// (loads use the main connection meanwhile).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct State {
+    /// Bumped whenever the whole cache is flushed (and tracking restarted): older tickets are void.
+    epoch: u64,
+    /// Bumped on every invalidation.
+    seq: u64,
+    /// Cached sessions by Redis key.
+    map: HashMap<String, Loaded>,
+    /// Keys being fetched: how many fetches, and the `seq` of the key's last invalidation.
+    pending: HashMap<String, (usize, u64)>,
+    stats: ReadCacheStats,
+}
+
+/// What the client-side read cache has done so far ([`RedisStore::read_cache_stats`]).
+///
+/// [`RedisStore::read_cache_stats`]: super::RedisStore::read_cache_stats
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadCacheStats {
+    /// Loads answered from the cache.
+    pub hits: u64,
+    /// Loads that went to Redis.
+    pub misses: u64,
+    /// Keys dropped because Redis said they changed, or because this process wrote them.
+    pub invalidations: u64,
+    /// Times the whole cache was emptied (tracking connection opened or lost, `FLUSHALL`).
+    pub flushes: u64,
+    /// Sessions cached now.
+    pub entries: u64,
+}
+
+/// A fetch in progress (see the module docs).
+pub(super) struct Ticket {
+    key: String,
+    epoch: u64,
+    seq: u64,
+}
+
+struct Link {
+    /// Which connection this is (a failing call drops only the connection it used).
+    generation: u64,
+    conn: MultiplexedConnection,
+}
+
+/// The read cache and its tracking connection.
+pub(super) struct ReadCache {
+    capacity: usize,
+    client: redis::Client,
+    state: Mutex<State>,
+    link: Mutex<Option<Link>>,
+    generations: std::sync::atomic::AtomicU64,
+    /// When the last connect attempt failed (connects are not retried before [`RETRY_AFTER`]).
+    failed_at: Mutex<Option<Instant>>,
+    connecting: tokio::sync::Mutex<()>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+/// Applies invalidation messages on the connection's reader, as they arrive.
+struct Invalidator(Weak<ReadCache>);
+
+impl AsyncPushSender for Invalidator {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        let Some(cache) = self.0.upgrade() else {
+            return Err(SendError);
+        };
+        match info.kind {
+            PushKind::Invalidate => match info.data.first() {
+                // `FLUSHDB`/`FLUSHALL` (or the tracking table overflowing) invalidates everything.
+                None | Some(redis::Value::Nil) => cache.flush(),
+                Some(redis::Value::Array(keys)) => {
+                    let mut st = cache.state();
+                    for k in keys {
+                        if let Ok(k) = redis::from_redis_value_ref::<String>(k) {
+                            invalidate(&mut st, &k);
+                        }
+                    }
+                }
+                Some(_) => cache.flush(),
+            },
+            PushKind::Disconnection => cache.lost(),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn invalidate(st: &mut State, key: &str) {
+    st.seq += 1;
+    st.stats.invalidations += 1;
+    st.map.remove(key);
+    let seq = st.seq;
+    if let Some(p) = st.pending.get_mut(key) {
+        p.1 = seq;
+    }
+}
+
+impl ReadCache {
+    /// A cache of at most `capacity` sessions for the Redis at `client`'s address. Does no I/O.
+    pub(super) fn new(
+        client: &redis::Client,
+        config: &RedisConfig,
+        capacity: usize,
+    ) -> Result<Arc<Self>, redis::RedisError> {
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        Ok(Arc::new(ReadCache {
+            capacity: capacity.max(1),
+            client,
+            state: Mutex::default(),
+            link: Mutex::new(None),
+            generations: Default::default(),
+            failed_at: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state consistent, so a poisoned lock is safe to keep using.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn link(&self) -> MutexGuard<'_, Option<Link>> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached session under `key`, if tracking is up and it is cached.
+    pub(super) fn get(&self, key: &str) -> Option<Loaded> {
+        // Entries only exist while the connection that tracks them does: opening one flushes, losing
+        // one flushes.
+        self.link().as_ref()?;
+        let mut st = self.state();
+        match st.map.get(key).cloned() {
+            Some(hit) => {
+                st.stats.hits += 1;
+                Some(hit)
+            }
+            None => {
+                st.stats.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Drops `key` (this instance changed or deleted it).
+    pub(super) fn invalidate(&self, key: &str) {
+        invalidate(&mut self.state(), key);
+    }
+
+    /// Drops everything and voids every fetch in progress.
+    pub(super) fn flush(&self) {
+        let mut st = self.state();
+        st.epoch += 1;
+        st.stats.flushes += 1;
+        st.map.clear();
+    }
+
+    /// The tracking connection is gone: flush, and open a new one on the next load.
+    fn lost(&self) {
+        self.link().take();
+        self.flush();
+    }
+
+    /// What the cache has done so far.
+    pub(super) fn stats(&self) -> ReadCacheStats {
+        let st = self.state();
+        ReadCacheStats {
+            entries: st.map.len() as u64,
+            ..st.stats
+        }
+    }
+
+    fn begin(&self, key: &str) -> Ticket {
+        let mut st = self.state();
+        st.pending
+            .entry(key.to_owned())
+            .and_modify(|p| p.0 += 1)
+            .or_insert((1, 0));
+        Ticket {
+            key: key.to_owned(),
+            epoch: st.epoch,
+            seq: st.seq,
+        }
+    }
+
+    /// Ends a fetch, caching `value` unless the key was invalidated (or the cache flushed) meanwhile.
+    pub(super) fn finish(&self, ticket: Ticket, value: Option<&Loaded>) {
+        let mut st = self.state();
+        let invalidated_at = match st.pending.get_mut(&ticket.key) {
+            Some(p) if p.0 > 1 => {
+                p.0 -= 1;
+                p.1
+            }
+            Some(_) => st.pending.remove(&ticket.key).map_or(0, |p| p.1),
+            None => 0,
+        };
+        let Some(value) = value else { return };
+        if st.epoch != ticket.epoch || invalidated_at > ticket.seq {
+            return;
+        }
+        if st.map.len() >= self.capacity && !st.map.contains_key(&ticket.key) {
+            if let Some(victim) = st.map.keys().next().cloned() {
+                st.map.remove(&victim);
+            }
+        }
+        st.map.insert(ticket.key, value.clone());
+    }
+
+    /// The tracking connection, opened (with `CLIENT TRACKING ON`) if needed. `None` while it cannot be
+    /// opened: the caller then loads through the main connection, uncached.
+    async fn conn(self: &Arc<Self>) -> Option<(u64, MultiplexedConnection)> {
+        if let Some(l) = self.link().as_ref() {
+            return Some((l.generation, l.conn.clone()));
+        }
+        let recently_failed = self
+            .failed_at
+            .lock()
+            .ok()
+            .and_then(|f| *f)
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER);
+        if recently_failed {
+            return None;
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(l) = self.link().as_ref() {
+            return Some((l.generation, l.conn.clone()));
+        }
+        match tokio::time::timeout(self.connect_timeout, self.open()).await {
+            Ok(Ok(conn)) => {
+                // Nothing cached before this connection can be trusted: it may have missed
+                // invalidations. Flushing bumps the epoch; entries are tied to this one.
+                self.flush();
+                let generation = self
+                    .generations
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *self.link() = Some(Link {
+                    generation,
+                    conn: conn.clone(),
+                });
+                tracing::debug!("Redis read cache: tracking connection open");
+                Some((generation, conn))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis read cache unavailable (needs Redis 6+ with RESP3 and CLIENT TRACKING); loading uncached");
+                self.note_failure();
+                None
+            }
+            Err(_) => {
+                self.note_failure();
+                None
+            }
+        }
+    }
+
+    fn note_failure(&self) {
+        if let Ok(mut f) = self.failed_at.lock() {
+            *f = Some(Instant::now());
+        }
+    }
+
+    async fn open(self: &Arc<Self>) -> Result<MultiplexedConnection, redis::RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            .set_push_sender(Invalidator(Arc::downgrade(self)));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .exec_async(&mut conn)
+            .await?;
+        Ok(conn)
+    }
+
+    /// `GET key` on the tracking connection, with the [`Ticket`] to [`ReadCache::finish`] it with.
+    /// `None` when the tracking connection is not available (load through the main connection).
+    pub(super) async fn fetch(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> Option<(Ticket, Result<Option<Vec<u8>>, StoreError>)> {
+        let (generation, mut conn) = self.conn().await?;
+        let ticket = self.begin(key);
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        let get = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
+        let answer = match tokio::time::timeout(self.command_timeout, get).await {
+            Ok(Ok(raw)) => Ok(raw),
+            Ok(Err(e)) => {
+                if is_connection_problem(&e) {
+                    // Invalidations may have been lost with the connection.
+                    self.drop_link(generation);
+                }
+                Err(map_error(e, self.command_timeout))
+            }
+            Err(_) => {
+                self.drop_link(generation);
+                Err(StoreError::Timeout {
+                    backend: StoreKind::Redis,
+                    after: self.command_timeout,
+                })
+            }
+        };
+        Some((ticket, answer))
+    }
+
+    fn drop_link(&self, generation: u64) {
+        let mut link = self.link();
+        if link.as_ref().is_some_and(|l| l.generation == generation) {
+            link.take();
+        }
+        drop(link);
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expiry::Timestamp;
+    use crate::store::{Record, Version};
+
+    fn cache() -> Arc<ReadCache> {
+        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let config = RedisConfig::new("redis://127.0.0.1:1").unwrap();
+        ReadCache::new(&client, &config, 2).unwrap()
+    }
+
+    fn loaded(v: &str) -> Loaded {
+        let t = Timestamp::from_millis(1);
+        Loaded {
+            record: Record {
+                created_at: t,
+                last_access: t,
+                expires: t,
+                deadline: t,
+                user_agent: None,
+                user: None,
+                data: Default::default(),
+            },
+            version: Version::new(v),
+        }
+    }
+
+    fn cached(c: &ReadCache, key: &str) -> Option<String> {
+        c.state()
+            .map
+            .get(key)
+            .map(|l| l.version.as_str().to_owned())
+    }
+
+    #[test]
+    fn a_fetch_overtaken_by_an_invalidation_is_not_cached() {
+        let c = cache();
+        let t = c.begin("k");
+        c.invalidate("k");
+        c.finish(t, Some(&loaded("old")));
+        assert_eq!(cached(&c, "k"), None);
+        // A fetch that started after the invalidation is cached.
+        let t = c.begin("k");
+        c.finish(t, Some(&loaded("new")));
+        assert_eq!(cached(&c, "k").as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn a_flush_voids_fetches_in_progress_and_empties_the_cache() {
+        let c = cache();
+        let t1 = c.begin("a");
+        c.finish(t1, Some(&loaded("1")));
+        let t2 = c.begin("b");
+        c.flush();
+        c.finish(t2, Some(&loaded("2")));
+        assert_eq!(cached(&c, "a"), None);
+        assert_eq!(cached(&c, "b"), None);
+    }
+
+    #[test]
+    fn concurrent_fetches_of_one_key_all_see_its_invalidation() {
+        let c = cache();
+        let t1 = c.begin("k");
+        let t2 = c.begin("k");
+        c.invalidate("k");
+        c.finish(t1, Some(&loaded("1")));
+        c.finish(t2, Some(&loaded("2")));
+        assert_eq!(cached(&c, "k"), None);
+        assert!(c.state().pending.is_empty());
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_its_capacity() {
+        let c = cache();
+        for k in ["a", "b", "c", "d"] {
+            let t = c.begin(k);
+            c.finish(t, Some(&loaded(k)));
+        }
+        assert_eq!(c.state().map.len(), 2);
+    }
+
+    #[test]
+    fn nothing_is_served_without_a_tracking_connection() {
+        let c = cache();
+        let t = c.begin("k");
+        c.finish(t, Some(&loaded("1")));
+        assert!(c.get("k").is_none());
+    }
+}
