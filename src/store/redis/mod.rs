@@ -190,10 +190,23 @@ impl RedisStore {
             // redis-rs's rustls needs a process-wide crypto provider; keep one the application chose.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| ConfigError::InvalidUrl {
-                reason: e.to_string(),
-            })?;
+        let invalid = |e: redis::RedisError| ConfigError::InvalidUrl {
+            reason: e.to_string(),
+        };
+        #[cfg(feature = "redis-tls")]
+        let client = match (&config.tls_ca_cert, config.tls()) {
+            (Some(pem), true) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            )
+            .map_err(invalid)?,
+            _ => redis::Client::open(config.url.as_str()).map_err(invalid)?,
+        };
+        #[cfg(not(feature = "redis-tls"))]
+        let client = redis::Client::open(config.url.as_str()).map_err(invalid)?;
         let index_key = format!("{}index", config.prefix);
         Ok(RedisStore {
             inner: Arc::new(Inner {
