@@ -77,11 +77,14 @@ impl From<StoreError> for SessionError {
 }
 
 impl SessionError {
-    /// The HTTP status this error is answered with: 503 for an unavailable store, 413 for an oversized
-    /// session, 500 otherwise.
+    /// The HTTP status this error is answered with: 503 for an unavailable or full store, 413 for an
+    /// oversized session, 500 otherwise.
     pub fn status(&self) -> http::StatusCode {
         match self {
             SessionError::Store(e) if e.is_unavailable() => http::StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::Store(StoreError::QuotaExceeded { .. }) => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
             SessionError::TooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -91,6 +94,7 @@ impl SessionError {
     pub fn public_message(&self) -> &'static str {
         match self {
             SessionError::Store(e) if e.is_unavailable() => "session store unavailable",
+            SessionError::Store(StoreError::QuotaExceeded { .. }) => "session store full",
             SessionError::Store(_) => "session store error",
             SessionError::Json(_) => "session value has an unexpected type",
             SessionError::TooLarge { .. } => "session data too large",

@@ -359,6 +359,7 @@ impl ManagedStore for FakeRedis {
         let down = self.down.load(Ordering::SeqCst);
         StoreHealth {
             serving: StoreKind::Redis,
+            healthy: !down,
             redis_healthy: Some(!down),
             detail: down.then(|| "Connection refused".to_owned()),
         }

@@ -3,7 +3,7 @@
 use super::json::{self, Reject, Resp};
 use crate::id::StoreKey;
 use crate::metrics::Metrics;
-use crate::store::{ManagedStore, StoreKind, Usage};
+use crate::store::{ManagedStore, Usage};
 use http::{Method, StatusCode};
 use percent_encoding::percent_decode_str;
 use std::collections::BTreeMap;
@@ -289,12 +289,12 @@ pub(crate) async fn redis_info<S: ManagedStore>(store: Arc<S>) -> Resp {
 /// Health, and the HTTP status that goes with it.
 ///
 /// `status` is `"ok"` (200) while the backend serving sessions works, including the file fallback while
-/// Redis is down (then `"redis":"unhealthy"`); it is `"unavailable"` (503) only when Redis serves
-/// sessions and does not answer, so a load balancer takes the instance out.
+/// Redis is down (then `"redis":"unhealthy"`); it is `"unavailable"` (503) when the serving backend
+/// does not work (Redis serving and not answering, an unwritable session directory), so a load
+/// balancer takes the instance out.
 pub(crate) async fn health<S: ManagedStore>(store: Arc<S>) -> Resp {
     let h = store.health().await;
-    let serving_down = h.serving == StoreKind::Redis && h.redis_healthy == Some(false);
-    let (status, code) = if serving_down {
+    let (status, code) = if !h.healthy {
         ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
     } else {
         ("ok", StatusCode::OK)

@@ -316,7 +316,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
         let mut moved = 0;
         let mut cursor: Option<String> = None;
         loop {
-            // Pages are in key order, so removing migrated keys behind the cursor disturbs nothing.
+            // Pages resume after the cursor, so removing migrated keys behind it disturbs nothing.
             let page = self.inner.fallback.list(cursor.as_deref(), 500).await?;
             for s in &page.sessions {
                 if self.migrate_one(&s.id).await? {
@@ -505,7 +505,8 @@ impl<P: ManagedStore, F: ManagedStore> ManagedStore for FailoverStore<P, F> {
     }
 
     async fn health(&self) -> StoreHealth {
-        let detail = self
+        let redis_healthy = self.inner.primary_healthy.load(Ordering::Acquire);
+        let mut detail = self
             .inner
             .last_error
             .lock()
@@ -517,9 +518,20 @@ impl<P: ManagedStore, F: ManagedStore> ManagedStore for FailoverStore<P, F> {
                     .load(Ordering::Acquire)
                     .then(|| "moving outage sessions back to the primary".to_owned())
             });
+        let healthy = if self.is_on_fallback() {
+            // Serving from the fallback: its own health is what counts.
+            let fb = self.inner.fallback.health().await;
+            if !fb.healthy {
+                detail = fb.detail.or(detail);
+            }
+            fb.healthy
+        } else {
+            redis_healthy
+        };
         StoreHealth {
             serving: self.kind(),
-            redis_healthy: Some(self.inner.primary_healthy.load(Ordering::Acquire)),
+            healthy,
+            redis_healthy: Some(redis_healthy),
             detail,
         }
     }

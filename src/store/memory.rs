@@ -245,6 +245,7 @@ impl ManagedStore for MemoryStore {
     async fn health(&self) -> StoreHealth {
         StoreHealth {
             serving: StoreKind::Memory,
+            healthy: true,
             redis_healthy: None,
             detail: None,
         }

@@ -31,9 +31,15 @@ use std::future::Future;
 use std::time::Duration;
 
 pub mod failover;
+pub mod file;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisConfig, RedisStore};
 pub use failover::FailoverStore;
+pub use file::FileStore;
 pub use memory::MemoryStore;
 
 /// A boxed error, as sources are kept.
@@ -455,6 +461,8 @@ pub type RedisInfo = BTreeMap<String, BTreeMap<String, String>>;
 pub struct StoreHealth {
     /// The backend serving sessions now.
     pub serving: StoreKind,
+    /// Whether that backend works (answers, or can write its directory).
+    pub healthy: bool,
     /// Whether a Redis behind this store answers (`None` when there is no Redis).
     pub redis_healthy: Option<bool>,
     /// Human-readable detail (the last error, the failover state).

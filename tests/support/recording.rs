@@ -102,6 +102,7 @@ impl<S: ManagedStore> ManagedStore for Recording<S> {
         let down = self.fail.load(Ordering::SeqCst);
         StoreHealth {
             serving: self.inner.kind(),
+            healthy: !down,
             redis_healthy: Some(!down),
             detail: down.then(|| "injected outage".to_owned()),
         }

@@ -1,0 +1,436 @@
+//! [`RedisConfig`]: where the Redis store connects and how it names and times its keys.
+
+use crate::expiry::{Clock, SharedClock, SystemClock};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "session:";
+/// The default limit for opening a connection (TCP, TLS, `AUTH`, `SELECT`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default limit for one command's answer.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default number of merge-and-retry rounds a contended save may take.
+pub const DEFAULT_MAX_SAVE_ATTEMPTS: u32 = 32;
+
+/// The cargo feature that brings TLS (`rediss://`) support.
+pub const TLS_FEATURE: &str = "redis-tls";
+
+/// Userinfo characters left as they are; everything else is percent-encoded (RFC 3986 unreserved).
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Why a Redis configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An environment variable has a value that cannot be used.
+    InvalidVar {
+        /// The variable, e.g. `REDIS_PORT`.
+        var: &'static str,
+        /// What was wrong (never the value of a secret).
+        reason: String,
+    },
+    /// The connection URL cannot be used (the URL itself is not repeated: it may hold a password).
+    InvalidUrl {
+        /// What was wrong.
+        reason: String,
+    },
+    /// TLS was asked for (`REDIS_TLS=true` or a `rediss://` URL) but this build has no TLS support.
+    TlsNotEnabled {
+        /// The cargo feature to enable.
+        feature: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::InvalidVar { var, reason } => write!(f, "invalid {var}: {reason}"),
+            ConfigError::InvalidUrl { reason } => write!(f, "invalid Redis URL: {reason}"),
+            ConfigError::TlsNotEnabled { feature } => write!(
+                f,
+                "Redis TLS was requested but sessionforge was built without the `{feature}` feature"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Settings of a [`RedisStore`](super::RedisStore).
+///
+/// From the environment ([`RedisConfig::from_env`]): `REDIS_URL` wins when set; otherwise the URL is
+/// built from `REDIS_HOST` (default `localhost`), `REDIS_PORT` (6379), `REDIS_USERNAME`,
+/// `REDIS_PASSWORD` (both percent-encoded into the URL), `REDIS_DB` (0) and `REDIS_TLS`
+/// (`true`/`false`). Then adjust it with the consuming `with_*` methods:
+///
+/// ```
+/// use sessionforge::store::redis::RedisConfig;
+/// use std::time::Duration;
+///
+/// let env = |name: &str| match name {
+///     "REDIS_HOST" => Some("cache.internal".to_owned()),
+///     "REDIS_PASSWORD" => Some("p@ss:w/rd".to_owned()),
+///     "REDIS_DB" => Some("1".to_owned()),
+///     _ => None,
+/// };
+/// let config = RedisConfig::from_lookup(env)
+///     .unwrap()
+///     .with_prefix("djforge:sess:")
+///     .with_command_timeout(Duration::from_millis(500));
+/// assert_eq!(config.prefix(), "djforge:sess:");
+/// // Debug and Display never show the password.
+/// assert!(!format!("{config:?}").contains("p@ss"));
+/// assert_eq!(config.to_string(), "redis://:****@cache.internal:6379/1");
+///
+/// // A bad value is an error naming the variable.
+/// let err = RedisConfig::from_lookup(|n| (n == "REDIS_PORT").then(|| "abc".to_owned())).unwrap_err();
+/// assert!(err.to_string().contains("REDIS_PORT"));
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct RedisConfig {
+    pub(crate) url: String,
+    pub(crate) prefix: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) max_save_attempts: u32,
+    pub(crate) clock: SharedClock,
+}
+
+impl RedisConfig {
+    /// Settings for the server at `url` (`redis://[user[:password]@]host[:port][/db]`, or `rediss://`
+    /// with the `redis-tls` feature), with the defaults: prefix `session:`, 1 s connect and command
+    /// timeouts, the system clock.
+    pub fn new(url: impl Into<String>) -> Result<Self, ConfigError> {
+        let url = url.into();
+        check_url(&url)?;
+        Ok(RedisConfig {
+            url,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            max_save_attempts: DEFAULT_MAX_SAVE_ATTEMPTS,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// Settings from the process environment (see the type's docs for the variables).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Settings from any source of variables: `lookup("REDIS_PORT")` answers the value, if set.
+    /// Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        if let Some(url) = get("REDIS_URL") {
+            return Self::new(url.trim()).map_err(|e| match e {
+                ConfigError::InvalidUrl { reason } => ConfigError::InvalidVar {
+                    var: "REDIS_URL",
+                    reason,
+                },
+                other => other,
+            });
+        }
+        let host = get("REDIS_HOST").unwrap_or_else(|| "localhost".to_owned());
+        let host = host.trim();
+        if host.contains(['/', '@', '?', '#', ' ']) {
+            return Err(ConfigError::InvalidVar {
+                var: "REDIS_HOST",
+                reason: "expected a host name or an IP address".to_owned(),
+            });
+        }
+        let port: u16 = match get("REDIS_PORT") {
+            None => 6379,
+            Some(p) => match p.trim().parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => {
+                    return Err(ConfigError::InvalidVar {
+                        var: "REDIS_PORT",
+                        reason: format!("expected a port number 1-65535, got {p:?}"),
+                    })
+                }
+            },
+        };
+        let db: u32 = match get("REDIS_DB") {
+            None => 0,
+            Some(d) => d.trim().parse().map_err(|_| ConfigError::InvalidVar {
+                var: "REDIS_DB",
+                reason: format!("expected a database number, got {d:?}"),
+            })?,
+        };
+        let tls = match get("REDIS_TLS") {
+            None => false,
+            Some(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError::InvalidVar {
+                        var: "REDIS_TLS",
+                        reason: format!("expected true or false, got {t:?}"),
+                    })
+                }
+            },
+        };
+        let user = get("REDIS_USERNAME");
+        // A password may legitimately start or end with spaces: only an empty one counts as unset.
+        let password = lookup("REDIS_PASSWORD").filter(|p| !p.is_empty());
+        let userinfo = match (&user, &password) {
+            (None, None) => String::new(),
+            (Some(u), None) => format!("{}@", utf8_percent_encode(u.trim(), USERINFO)),
+            (u, Some(p)) => format!(
+                "{}:{}@",
+                utf8_percent_encode(u.as_deref().map(str::trim).unwrap_or(""), USERINFO),
+                utf8_percent_encode(p, USERINFO)
+            ),
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]") // an IPv6 literal
+        } else {
+            host.to_owned()
+        };
+        let scheme = if tls { "rediss" } else { "redis" };
+        Self::new(format!("{scheme}://{userinfo}{host}:{port}/{db}")).map_err(|e| match e {
+            ConfigError::InvalidUrl { reason } => ConfigError::InvalidVar {
+                var: "REDIS_HOST",
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// The key prefix (default `session:`): a session lives at `<prefix><store key>`, the listing
+    /// index at `<prefix>index`.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The limit for opening a connection, including `AUTH` and `SELECT` (default 1 s).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The limit for one command's answer (default 1 s). No store call waits longer on a frozen
+    /// server than this (plus the connect timeout when it must connect first).
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many merge-and-retry rounds a contended save may take before failing (default 32).
+    pub fn with_max_save_attempts(mut self, attempts: u32) -> Self {
+        self.max_save_attempts = attempts.max(1);
+        self
+    }
+
+    /// Where the store reads the time to turn `expires` into a TTL (default: the system clock).
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The command timeout.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    /// Whether the connection uses TLS (`rediss://`).
+    pub fn tls(&self) -> bool {
+        self.url.starts_with("rediss://")
+    }
+
+    /// The connection URL with any password replaced by `****`, safe to log.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted_url())
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("max_save_attempts", &self.max_save_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for RedisConfig {
+    /// The redacted URL.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted_url())
+    }
+}
+
+/// Checks the scheme, and that redis-rs accepts the URL, without repeating it in errors.
+fn check_url(url: &str) -> Result<(), ConfigError> {
+    let scheme = url.split("://").next().unwrap_or("");
+    match scheme {
+        "redis" | "valkey" => {}
+        "rediss" | "valkeys" => {
+            if !cfg!(feature = "redis-tls") {
+                return Err(ConfigError::TlsNotEnabled {
+                    feature: TLS_FEATURE,
+                });
+            }
+        }
+        "redis+unix" | "unix" => {}
+        _ => {
+            return Err(ConfigError::InvalidUrl {
+                reason: "expected a redis://, rediss:// or unix:// URL".to_owned(),
+            })
+        }
+    }
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| ConfigError::InvalidUrl {
+            // redis-rs's parse errors describe the problem, not the URL.
+            reason: e.to_string(),
+        })
+}
+
+/// `scheme://user:secret@host` → `scheme://user:****@host`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:****@{host}{tail}"),
+            None => format!("{scheme}://{userinfo}@{host}{tail}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults_point_at_localhost_6379_db_0() {
+        let c = RedisConfig::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(c.url, "redis://localhost:6379/0");
+        assert_eq!(c.prefix(), DEFAULT_PREFIX);
+        assert_eq!(c.connect_timeout(), DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.command_timeout(), DEFAULT_COMMAND_TIMEOUT);
+    }
+
+    #[test]
+    fn redis_url_wins_over_the_parts() {
+        let c = RedisConfig::from_lookup(lookup(&[
+            ("REDIS_URL", "redis://10.1.2.3:7000/4"),
+            ("REDIS_HOST", "elsewhere"),
+            ("REDIS_PORT", "not-even-a-number"),
+        ]))
+        .unwrap();
+        assert_eq!(c.url, "redis://10.1.2.3:7000/4");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        for (var, value) in [
+            ("REDIS_PORT", "abc"),
+            ("REDIS_PORT", "0"),
+            ("REDIS_PORT", "70000"),
+            ("REDIS_DB", "x"),
+            ("REDIS_DB", "-1"),
+            ("REDIS_TLS", "maybe"),
+            ("REDIS_HOST", "a/b"),
+            ("REDIS_URL", "http://example.com"),
+        ] {
+            let err = RedisConfig::from_lookup(lookup(&[(var, value)])).unwrap_err();
+            match &err {
+                ConfigError::InvalidVar { var: named, .. } => assert_eq!(*named, var, "{err}"),
+                other => panic!("{var}={value}: {other:?}"),
+            }
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_percent_encoded_and_never_shown() {
+        let c = RedisConfig::from_lookup(lookup(&[
+            ("REDIS_USERNAME", "app user"),
+            ("REDIS_PASSWORD", "p@ss:w/rd"),
+            ("REDIS_HOST", "127.0.0.1"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_DB", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(c.url, "redis://app%20user:p%40ss%3Aw%2Frd@127.0.0.1:6380/2");
+        for shown in [format!("{c:?}"), c.to_string(), c.redacted_url()] {
+            assert!(!shown.contains("p%40ss"), "{shown}");
+            assert!(!shown.contains("p@ss"), "{shown}");
+            assert!(shown.contains("****"), "{shown}");
+        }
+        let info = redis::IntoConnectionInfo::into_connection_info(c.url.as_str()).unwrap();
+        assert_eq!(info.redis_settings().password(), Some("p@ss:w/rd"));
+        assert_eq!(info.redis_settings().username(), Some("app user"));
+        assert_eq!(info.redis_settings().db(), 2);
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        let c = RedisConfig::from_lookup(lookup(&[("REDIS_HOST", "::1")])).unwrap();
+        assert_eq!(c.url, "redis://[::1]:6379/0");
+    }
+
+    #[cfg(not(feature = "redis-tls"))]
+    #[test]
+    fn tls_without_the_feature_names_the_feature() {
+        for vars in [
+            &[("REDIS_TLS", "true")][..],
+            &[("REDIS_URL", "rediss://cache:6380")][..],
+        ] {
+            let err = RedisConfig::from_lookup(lookup(vars)).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::TlsNotEnabled {
+                    feature: TLS_FEATURE
+                }
+            );
+            assert!(err.to_string().contains("redis-tls"));
+        }
+    }
+
+    #[cfg(feature = "redis-tls")]
+    #[test]
+    fn tls_builds_a_rediss_url() {
+        let c = RedisConfig::from_lookup(lookup(&[("REDIS_TLS", "true")])).unwrap();
+        assert!(c.tls());
+        assert_eq!(c.url, "rediss://localhost:6379/0");
+    }
+}

@@ -1,0 +1,925 @@
+//! [`RedisStore`]: sessions in Redis, shared by every instance of an application.
+//!
+//! # Layout
+//!
+//! * A session lives at `<prefix><store key>` (prefix `session:` by default) as a string holding
+//!   [`Record::to_json`], so `redis-cli GET session:<id>` shows it as JSON:
+//!   `{"createdAt":…,"lastAccess":…,"expires":…,"deadline":…,"userAgent":"…","user":"…","data":{…}}`.
+//!   Its TTL is set with the value, in milliseconds (`PX`): the time left until `expires`.
+//! * A sorted set at `<prefix>index` holds every session's store key scored by its expiry
+//!   (milliseconds since the epoch). It makes [`ManagedStore::count`] one `ZCOUNT` and
+//!   [`ManagedStore::list`] a ranked page, both O(log n), never `KEYS` or a full `SCAN`. The value and
+//!   its index entry change together, in one Lua script per create, save and delete.
+//!
+//! # Saving
+//!
+//! [`SessionStore::load`] answers the record with its version: the SHA-1 of the stored bytes, exactly
+//! what Lua's `redis.sha1hex` computes. A save is one `EVALSHA` on the uncontended path: the script
+//! writes the new value if the stored digest is still the loaded one, answers "gone" (writing nothing)
+//! if the session was deleted meanwhile, and otherwise hands back the current value, which the store
+//! merges with the request's change-set ([`Record::merge`]) and tries again (bounded).
+//!
+//! # Connections and waits
+//!
+//! Nothing connects when the store is built: an application starts while Redis is down. The first
+//! call connects (bounded by the connect timeout); a failed connect is tried again by the next call.
+//! Every command is bounded by the command timeout, so a dead or frozen Redis costs a request at most
+//! about `connect_timeout + command_timeout`, answered as [`StoreError::Timeout`] or
+//! [`StoreError::Unavailable`] (which a failover store treats as "switch to files").
+//!
+//! ```no_run
+//! use sessionforge::{SessionLayer, store::redis::{RedisConfig, RedisStore}};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // REDIS_URL, or REDIS_HOST / REDIS_PORT / REDIS_PASSWORD / REDIS_DB / ...
+//! let config = RedisConfig::from_env()?.with_prefix("djforge:sess:");
+//! let store = RedisStore::new(config)?;
+//! let layer = SessionLayer::new(store);
+//! # Ok(()) }
+//! ```
+//!
+//! # Pitfalls
+//!
+//! * Sessions evicted by a `maxmemory` policy leave their index entry behind until a listing or
+//!   [`ManagedStore::cleanup`] notices; [`ManagedStore::count`] may count them until then. Prefer
+//!   `volatile-*` or `noeviction` policies for a Redis that holds sessions.
+//! * The index and a session are two keys in one script, which Redis Cluster only allows within one
+//!   hash slot; this store talks to a single Redis (or a replicated primary). See the connection notes
+//!   in the source for how a cluster connection fits.
+
+mod config;
+mod scripts;
+
+pub use config::{
+    ConfigError, RedisConfig, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_SAVE_ATTEMPTS, DEFAULT_PREFIX, TLS_FEATURE,
+};
+
+use super::{
+    ChangeSet, Created, Loaded, ManagedStore, Page, Record, RedisInfo, Saved, SessionStore,
+    StoreError, StoreHealth, StoreKind, Usage, Version,
+};
+use crate::id::StoreKey;
+use crate::metrics::{Event, Metrics};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ScriptInvocation, ServerErrorKind};
+use scripts::scripts;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How the store reaches Redis. One variant today; a cluster or sentinel client becomes another
+/// variant here (and in [`Conn`]) without touching the store's logic, which only needs
+/// [`ConnectionLike`].
+enum Connector {
+    /// One server (or a primary behind a stable address).
+    Single(redis::Client),
+}
+
+/// An open connection, cheap to clone (requests are multiplexed over it).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+        }
+    }
+}
+
+/// What to send: a command, a script or a pipeline.
+enum Op<'a> {
+    Cmd(&'a Cmd),
+    Script(&'a ScriptInvocation<'a>),
+    Pipe(&'a Pipeline),
+}
+
+struct Inner {
+    config: RedisConfig,
+    connector: Connector,
+    /// The open connection and its generation (so a failing call resets only the connection it used).
+    conn: RwLock<Option<(u64, Conn)>>,
+    generation: std::sync::atomic::AtomicU64,
+    /// One connect at a time; the others wait for it.
+    connecting: tokio::sync::Mutex<()>,
+    index_key: String,
+    /// Striped locks that take this process's concurrent saves of one session in turn, so a burst of
+    /// requests on one session costs each at most one merge round instead of colliding again and
+    /// again. Writers in other processes are still handled optimistically by the save script.
+    save_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Store keys already reported as corrupt (bounded), so a bad value is logged once, not per request.
+    warned: Mutex<HashSet<String>>,
+}
+
+/// Sessions in Redis. Cheap to clone; clones share one connection.
+///
+/// Build it from a [`RedisConfig`]; it does not connect until first used.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.inner.config)
+            .field(
+                "connected",
+                &self.inner.conn.read().map(|c| c.is_some()).unwrap_or(false),
+            )
+            .finish()
+    }
+}
+
+/// What a save script answered.
+enum SaveReply {
+    Gone,
+    Saved,
+    Changed(Vec<u8>),
+}
+
+impl redis::FromRedisValue for SaveReply {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        let items: Vec<redis::Value> = redis::FromRedisValue::from_redis_value(v)?;
+        let mut items = items.into_iter();
+        let code: i64 = match items.next() {
+            Some(v) => redis::FromRedisValue::from_redis_value(v)?,
+            None => return Err("empty answer from the save script".into()),
+        };
+        match (code, items.next()) {
+            (0, _) => Ok(SaveReply::Gone),
+            (1, _) => Ok(SaveReply::Saved),
+            (2, Some(cur)) => Ok(SaveReply::Changed(redis::FromRedisValue::from_redis_value(
+                cur,
+            )?)),
+            _ => Err("unexpected answer from the save script".into()),
+        }
+    }
+}
+
+/// The version of a stored value: the lower-case hex SHA-1 of its bytes (Lua's `redis.sha1hex`).
+pub fn version_of(bytes: &[u8]) -> Version {
+    Version::new(sha1_smol::Sha1::from(bytes).digest().to_string())
+}
+
+impl RedisStore {
+    /// A store with these settings. Does no I/O: Redis may be down.
+    pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
+        #[cfg(feature = "redis-tls")]
+        if config.tls() {
+            // redis-rs's rustls needs a process-wide crypto provider; keep one the application chose.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| ConfigError::InvalidUrl {
+                reason: e.to_string(),
+            })?;
+        let index_key = format!("{}index", config.prefix);
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                config,
+                connector: Connector::Single(client),
+                conn: RwLock::new(None),
+                generation: Default::default(),
+                connecting: tokio::sync::Mutex::new(()),
+                index_key,
+                save_locks: (0..SAVE_LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+                warned: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// A store configured from the environment ([`RedisConfig::from_env`]).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::new(RedisConfig::from_env()?)
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The Redis key of a session: `<prefix><store key>`.
+    pub fn redis_key(&self, key: &StoreKey) -> String {
+        format!("{}{}", self.inner.config.prefix, key.as_str())
+    }
+
+    /// The Redis key of the listing index: `<prefix>index`, a sorted set of store keys scored by
+    /// expiry (milliseconds since the epoch).
+    pub fn index_key(&self) -> &str {
+        &self.inner.index_key
+    }
+
+    /// Sends `PING` and answers the round-trip time (connecting first if needed). Bounded by the
+    /// connect and command timeouts: the health check of a failover store.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let start = Instant::now();
+        let reply: String = self.exec(Op::Cmd(&redis::cmd("PING"))).await?;
+        if reply != "PONG" {
+            return Err(backend(format!("unexpected PING reply {reply:?}")));
+        }
+        Ok(start.elapsed())
+    }
+
+    fn current(&self) -> Option<(u64, Conn)> {
+        self.inner.conn.read().ok().and_then(|c| c.clone())
+    }
+
+    /// Forgets connection `generation` after a failure that may have left it unusable, so the next
+    /// call opens a fresh one. (The connection manager reconnects by itself after I/O errors, but
+    /// keeps a failed handshake, e.g. `LOADING` or a refused `AUTH`, and cannot see a half-open
+    /// socket that only ever times out.)
+    fn reset(&self, generation: u64) {
+        if let Ok(mut slot) = self.inner.conn.write() {
+            if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+                *slot = None;
+            }
+        }
+    }
+
+    async fn conn(&self) -> Result<(u64, Conn), StoreError> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let limit = self.inner.config.connect_timeout;
+        tokio::time::timeout(limit, self.connect())
+            .await
+            .unwrap_or(Err(StoreError::Timeout {
+                backend: StoreKind::Redis,
+                after: limit,
+            }))
+    }
+
+    async fn connect(&self) -> Result<(u64, Conn), StoreError> {
+        let _one_at_a_time = self.inner.connecting.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let cfg = &self.inner.config;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(Some(cfg.command_timeout))
+            // One attempt per reconnect: our callers have deadlines, and the next call tries again.
+            .set_number_of_retries(0);
+        let conn = match &self.inner.connector {
+            Connector::Single(client) => {
+                ConnectionManager::new_with_config(client.clone(), manager_config)
+                    .await
+                    .map(Conn::Single)
+            }
+        };
+        let conn = conn.map_err(|e| {
+            tracing::debug!(error = %e, url = %cfg.redacted_url(), "cannot connect to Redis");
+            if e.is_timeout() {
+                StoreError::Timeout {
+                    backend: StoreKind::Redis,
+                    after: cfg.connect_timeout,
+                }
+            } else {
+                // Whatever stopped the handshake (refused, reset, AUTH, LOADING), Redis is not
+                // usable now.
+                StoreError::Unavailable {
+                    backend: StoreKind::Redis,
+                    source: Box::new(e),
+                }
+            }
+        })?;
+        let generation = self
+            .inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut slot) = self.inner.conn.write() {
+            *slot = Some((generation, conn.clone()));
+        }
+        tracing::debug!(url = %cfg.redacted_url(), "connected to Redis");
+        Ok((generation, conn))
+    }
+
+    /// Runs one command, script or pipeline under the command timeout.
+    async fn exec<T: redis::FromRedisValue>(&self, op: Op<'_>) -> Result<T, StoreError> {
+        let (generation, mut conn) = self.conn().await?;
+        let after = self.inner.config.command_timeout;
+        let fut = async {
+            match op {
+                Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                Op::Script(inv) => inv.invoke_async(&mut conn).await,
+                Op::Pipe(pipe) => pipe.query_async(&mut conn).await,
+            }
+        };
+        match tokio::time::timeout(after, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if is_connection_problem(&e) {
+                    self.reset(generation);
+                }
+                Err(map_error(e, after))
+            }
+            Err(_) => {
+                self.reset(generation);
+                Err(StoreError::Timeout {
+                    backend: StoreKind::Redis,
+                    after,
+                })
+            }
+        }
+    }
+
+    /// Logs a corrupt or foreign value once per key (bounded memory), not on every request.
+    fn warn_corrupt(&self, redis_key: &str, why: &dyn std::fmt::Display) {
+        let first = match self.inner.warned.lock() {
+            Ok(mut seen) => {
+                if seen.len() >= 1024 {
+                    seen.clear();
+                }
+                seen.insert(redis_key.to_owned())
+            }
+            Err(_) => true,
+        };
+        if first {
+            tracing::warn!(key = %redis_key, error = %why,
+                "value under the session prefix is not a session record; ignored until cleanup");
+        }
+    }
+
+    /// The TTL for a record: the time left until it expires, at least 1 ms (Redis refuses `PX 0`).
+    fn ttl_ms(&self, record: &Record) -> u64 {
+        let now = self.inner.config.clock.now();
+        record
+            .expires
+            .as_millis()
+            .saturating_sub(now.as_millis())
+            .max(1)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.config.clock.now().as_millis()
+    }
+}
+
+/// Whether an error says the connection itself may be broken (as opposed to Redis answering our
+/// command with an error).
+fn is_connection_problem(e: &RedisError) -> bool {
+    match e.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::ClusterDown,
+        ) => true,
+        ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType => false,
+        _ => true,
+    }
+}
+
+/// Refused, reset, dropped and other I/O errors: unavailable; timeouts: timeout; the rest: backend.
+fn map_error(e: RedisError, after: Duration) -> StoreError {
+    if e.is_timeout() {
+        StoreError::Timeout {
+            backend: StoreKind::Redis,
+            after,
+        }
+    } else if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::TryAgain
+            )
+        )
+    {
+        StoreError::Unavailable {
+            backend: StoreKind::Redis,
+            source: Box::new(e),
+        }
+    } else {
+        StoreError::Backend {
+            backend: StoreKind::Redis,
+            source: Box::new(e),
+        }
+    }
+}
+
+fn backend(msg: impl Into<String>) -> StoreError {
+    StoreError::Backend {
+        backend: StoreKind::Redis,
+        source: msg.into().into(),
+    }
+}
+
+impl SessionStore for RedisStore {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
+        let rkey = self.redis_key(key);
+        let raw: Option<Vec<u8>> = match self.exec(Op::Cmd(redis::cmd("GET").arg(&rkey))).await {
+            Ok(v) => v,
+            Err(StoreError::Backend { source, .. })
+                if source
+                    .downcast_ref::<RedisError>()
+                    .is_some_and(|e| e.code() == Some("WRONGTYPE")) =>
+            {
+                self.warn_corrupt(&rkey, &"not a string");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(raw) = raw else { return Ok(None) };
+        match Record::from_json(&raw) {
+            Ok(record) if record.is_expired(self.inner.config.clock.now()) => Ok(None),
+            Ok(record) => Ok(Some(Loaded {
+                record,
+                version: version_of(&raw),
+            })),
+            Err(e) => {
+                self.warn_corrupt(&rkey, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
+        let mut inv = scripts().create.prepare_invoke();
+        inv.key(self.redis_key(key))
+            .key(self.index_key())
+            .arg(record.to_json())
+            .arg(self.ttl_ms(record))
+            .arg(record.expires.as_millis())
+            .arg(key.as_str())
+            .arg(self.now_ms());
+        let stored: i64 = self.exec(Op::Script(&inv)).await?;
+        Ok(if stored == 1 {
+            Created::Created
+        } else {
+            Created::Exists
+        })
+    }
+
+    async fn save(
+        &self,
+        key: &StoreKey,
+        base: &Version,
+        ours: &Record,
+        changes: &ChangeSet,
+    ) -> Result<Saved, StoreError> {
+        let rkey = self.redis_key(key);
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            (h.finish() % SAVE_LOCK_STRIPES as u64) as usize
+        };
+        // Bounded wait: if the holder is stuck on a frozen Redis, go ahead optimistically rather
+        // than queueing behind it (the script keeps the save correct either way).
+        let _turn = tokio::time::timeout(
+            self.inner.config.command_timeout,
+            self.inner.save_locks[stripe].lock(),
+        )
+        .await
+        .ok();
+        let mut expected = base.clone();
+        let mut record = ours.clone();
+        let mut attempt = 0u32;
+        for _ in 0..self.inner.config.max_save_attempts {
+            let mut inv = scripts().save.prepare_invoke();
+            inv.key(&rkey)
+                .key(self.index_key())
+                .arg(expected.as_str())
+                .arg(record.to_json())
+                .arg(self.ttl_ms(&record))
+                .arg(record.expires.as_millis())
+                .arg(key.as_str());
+            match self.exec::<SaveReply>(Op::Script(&inv)).await? {
+                SaveReply::Saved => return Ok(Saved::Saved),
+                SaveReply::Gone => return Ok(Saved::Gone),
+                SaveReply::Changed(current) => {
+                    Metrics::global().count(Event::SaveConflict);
+                    let Ok(mut merged) = Record::from_json(&current) else {
+                        // Not a session any more: nothing to merge into, and never ours to
+                        // overwrite. Cleanup removes it.
+                        self.warn_corrupt(&rkey, &"corrupt value found while saving");
+                        return Ok(Saved::Gone);
+                    };
+                    merged.merge(changes, ours);
+                    expected = version_of(&current);
+                    record = merged;
+                }
+            }
+            // Contended: let the other writers through before trying again. A random pause spreads a
+            // burst of writers to one session (say 64 tabs firing at once) over a few milliseconds
+            // instead of having them collide again in lockstep.
+            attempt += 1;
+            if attempt >= self.inner.config.max_save_attempts {
+                break;
+            }
+            let cap_ms = (1u32 << attempt.min(6)).min(50);
+            let jitter = getrandom::u32().unwrap_or(attempt) % (cap_ms * 1000);
+            tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
+        }
+        Err(backend(format!(
+            "save kept conflicting with concurrent writers ({} attempts)",
+            self.inner.config.max_save_attempts
+        )))
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let mut inv = scripts().delete.prepare_invoke();
+        inv.key(self.redis_key(key))
+            .key(self.index_key())
+            .arg(key.as_str());
+        let n: i64 = self.exec(Op::Script(&inv)).await?;
+        Ok(n > 0)
+    }
+}
+
+/// Number of striped save locks (a few tens of KiB; collisions between sessions are rare).
+const SAVE_LOCK_STRIPES: usize = 1024;
+
+/// Batch size of the cleanup's sweeps.
+const SWEEP_BATCH: usize = 1000;
+/// The largest page a listing fetches at once.
+const MAX_PAGE: usize = 10_000;
+
+impl RedisStore {
+    /// Removes index entries of expired sessions, in batches; answers how many.
+    async fn trim_expired(&self) -> Result<u64, StoreError> {
+        let now = self.now_ms();
+        let mut removed = 0u64;
+        loop {
+            let mut inv = scripts().trim.prepare_invoke();
+            inv.key(self.index_key()).arg(now).arg(SWEEP_BATCH);
+            let n: u64 = self.exec(Op::Script(&inv)).await?;
+            removed += n;
+            if (n as usize) < SWEEP_BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Removes index entries whose session is gone (evicted, deleted behind the store's back).
+    async fn sweep_orphans(&self) -> Result<u64, StoreError> {
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        loop {
+            let (next, items): (u64, Vec<String>) = self
+                .exec(Op::Cmd(
+                    redis::cmd("ZSCAN")
+                        .arg(self.index_key())
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(SWEEP_BATCH),
+                ))
+                .await?;
+            let members: Vec<&String> = items.iter().step_by(2).collect();
+            if !members.is_empty() {
+                let mut pipe = redis::pipe();
+                for m in &members {
+                    pipe.cmd("EXISTS")
+                        .arg(format!("{}{}", self.inner.config.prefix, m));
+                }
+                let exists: Vec<i64> = self.exec(Op::Pipe(&pipe)).await?;
+                let gone: Vec<&String> = members
+                    .iter()
+                    .zip(exists)
+                    .filter(|(_, e)| *e == 0)
+                    .map(|(m, _)| *m)
+                    .collect();
+                if !gone.is_empty() {
+                    let n: u64 = self
+                        .exec(Op::Cmd(redis::cmd("ZREM").arg(self.index_key()).arg(&gone)))
+                        .await?;
+                    removed += n;
+                }
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Deletes values under the prefix that are not session records (SCAN, in batches).
+    async fn sweep_corrupt(&self) -> Result<u64, StoreError> {
+        let prefix = &self.inner.config.prefix;
+        let pattern = format!("{}*", glob_escape(prefix));
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .exec(Op::Cmd(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(SWEEP_BATCH),
+                ))
+                .await?;
+            // Only keys shaped like store keys are ours; the index and foreign keys are left alone.
+            let ours: Vec<(&String, StoreKey)> = keys
+                .iter()
+                .filter_map(|k| {
+                    let id = k.strip_prefix(prefix.as_str())?;
+                    StoreKey::parse(id).ok().map(|id| (k, id))
+                })
+                .collect();
+            if !ours.is_empty() {
+                let names: Vec<&String> = ours.iter().map(|(k, _)| *k).collect();
+                let values: Vec<Option<Vec<u8>>> =
+                    self.exec(Op::Cmd(redis::cmd("MGET").arg(&names))).await?;
+                for ((rkey, id), value) in ours.iter().zip(values) {
+                    let corrupt = match value {
+                        Some(v) => Record::from_json(&v).is_err(),
+                        // MGET answers nil for a missing key and for a non-string one.
+                        None => {
+                            let t: String =
+                                self.exec(Op::Cmd(redis::cmd("TYPE").arg(*rkey))).await?;
+                            t != "none" && t != "string"
+                        }
+                    };
+                    if corrupt {
+                        let mut inv = scripts().delete.prepare_invoke();
+                        inv.key(*rkey).key(self.index_key()).arg(id.as_str());
+                        let n: u64 = self.exec(Op::Script(&inv)).await?;
+                        if n > 0 {
+                            tracing::info!(key = %rkey, "cleanup removed a corrupt session value");
+                        }
+                        removed += n;
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Escapes the glob characters of a `SCAN MATCH` pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Parses `INFO` text into sections.
+fn parse_info(text: &str) -> RedisInfo {
+    let mut info = RedisInfo::new();
+    let mut section = String::from("default");
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('#') {
+            section = name.trim().to_ascii_lowercase();
+            info.entry(section.clone()).or_default();
+        } else if let Some((k, v)) = line.split_once(':') {
+            info.entry(section.clone())
+                .or_default()
+                .insert(k.to_owned(), v.to_owned());
+        }
+    }
+    info
+}
+
+impl ManagedStore for RedisStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Redis
+    }
+
+    /// `ZCOUNT <prefix>index (now +inf`: O(log n).
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.exec(Op::Cmd(
+            redis::cmd("ZCOUNT")
+                .arg(self.index_key())
+                .arg(format!("({}", self.now_ms()))
+                .arg("+inf"),
+        ))
+        .await
+    }
+
+    /// Live sessions ordered by expiry (soonest first), then store key. The cursor is
+    /// `<expiry ms>:<store key>` of the last entry shown.
+    async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let limit = limit.min(MAX_PAGE);
+        if limit == 0 {
+            return Ok(Page::default());
+        }
+        let (score, member) = match cursor {
+            None => (String::new(), String::new()),
+            Some(c) => {
+                let parsed = c.split_once(':').and_then(|(s, m)| {
+                    let s: u64 = s.parse().ok()?;
+                    StoreKey::parse(m).ok()?;
+                    Some((s.to_string(), m.to_owned()))
+                });
+                parsed.ok_or(StoreError::InvalidCursor)?
+            }
+        };
+        let mut inv = scripts().page.prepare_invoke();
+        inv.key(self.index_key())
+            .arg(self.now_ms())
+            .arg(limit + 1)
+            .arg(score)
+            .arg(member);
+        let flat: Vec<String> = self.exec(Op::Script(&inv)).await?;
+        let entries: Vec<(String, u64)> = flat
+            .chunks(2)
+            .filter_map(|p| match p {
+                [m, s] => s.parse::<f64>().ok().map(|s| (m.clone(), s as u64)),
+                _ => None,
+            })
+            .collect();
+        let more = entries.len() > limit;
+        let shown = &entries[..entries.len().min(limit)];
+        let next_cursor = if more {
+            shown.last().map(|(m, s)| format!("{s}:{m}"))
+        } else {
+            None
+        };
+        if shown.is_empty() {
+            return Ok(Page {
+                sessions: Vec::new(),
+                next_cursor,
+            });
+        }
+        let names: Vec<String> = shown
+            .iter()
+            .map(|(m, _)| format!("{}{}", self.inner.config.prefix, m))
+            .collect();
+        let values: Vec<Option<Vec<u8>>> =
+            self.exec(Op::Cmd(redis::cmd("MGET").arg(&names))).await?;
+        let now = self.inner.config.clock.now();
+        let mut sessions = Vec::with_capacity(shown.len());
+        let mut gone = Vec::new();
+        for (((member, _), name), value) in shown.iter().zip(&names).zip(values) {
+            let Ok(id) = StoreKey::parse(member) else {
+                gone.push(member.clone());
+                continue;
+            };
+            match value.map(|v| Record::from_json(&v)) {
+                None => gone.push(member.clone()),
+                Some(Ok(r)) if !r.is_expired(now) => sessions.push(r.summary(id)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => self.warn_corrupt(name, &e),
+            }
+        }
+        if !gone.is_empty() {
+            // Lazily drop index entries whose session is gone. A failure here only delays it.
+            let dropped: Result<u64, _> = self
+                .exec(Op::Cmd(redis::cmd("ZREM").arg(self.index_key()).arg(&gone)))
+                .await;
+            if let Err(e) = dropped {
+                tracing::debug!(error = %e, "could not drop stale index entries");
+            }
+        }
+        Ok(Page {
+            sessions,
+            next_cursor,
+        })
+    }
+
+    /// Drops index entries of expired or vanished sessions and deletes values under the prefix that
+    /// are not session records. Works in batches (`ZSCAN`/`SCAN`), never blocking Redis for long.
+    async fn cleanup(&self) -> Result<u64, StoreError> {
+        let expired = self.trim_expired().await?;
+        let orphans = self.sweep_orphans().await?;
+        let corrupt = self.sweep_corrupt().await?;
+        tracing::info!(expired, orphans, corrupt, "Redis session cleanup done");
+        Ok(expired + orphans + corrupt)
+    }
+
+    async fn health(&self) -> StoreHealth {
+        match self.ping().await {
+            Ok(rtt) => StoreHealth {
+                serving: StoreKind::Redis,
+                healthy: true,
+                redis_healthy: Some(true),
+                detail: Some(format!("PING {:.1} ms", rtt.as_secs_f64() * 1000.0)),
+            },
+            Err(e) => StoreHealth {
+                serving: StoreKind::Redis,
+                healthy: false,
+                redis_healthy: Some(false),
+                detail: Some(e.to_string()),
+            },
+        }
+    }
+
+    /// `INFO memory`, with `CONFIG GET` for the limits when `INFO` lacks them (managed Redis often
+    /// forbids `CONFIG`: then they are `None`).
+    async fn usage(&self) -> Result<Usage, StoreError> {
+        let text: String = self.exec(Op::Cmd(redis::cmd("INFO").arg("memory"))).await?;
+        let info = parse_info(&text);
+        let mem = info.get("memory").cloned().unwrap_or_default();
+        let used_memory = mem
+            .get("used_memory")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| backend("INFO memory has no used_memory"))?;
+        let used_memory_human = mem.get("used_memory_human").cloned().unwrap_or_default();
+        let mut maxmemory = mem.get("maxmemory").and_then(|v| v.parse().ok());
+        let mut maxmemory_policy = mem.get("maxmemory_policy").cloned();
+        if maxmemory.is_none() || maxmemory_policy.is_none() {
+            let pairs: Result<Vec<String>, _> = self
+                .exec(Op::Cmd(redis::cmd("CONFIG").arg("GET").arg("maxmemory*")))
+                .await;
+            if let Ok(pairs) = pairs {
+                for kv in pairs.chunks(2) {
+                    match kv {
+                        [k, v] if k == "maxmemory" => maxmemory = maxmemory.or(v.parse().ok()),
+                        [k, v] if k == "maxmemory-policy" => {
+                            maxmemory_policy = maxmemory_policy.or(Some(v.clone()))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(Usage::Redis {
+            used_memory,
+            used_memory_human,
+            maxmemory,
+            maxmemory_policy,
+        })
+    }
+
+    async fn redis_info(&self) -> Result<Option<RedisInfo>, StoreError> {
+        let text: String = self.exec(Op::Cmd(&redis::cmd("INFO"))).await?;
+        Ok(Some(parse_info(&text)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_the_lowercase_hex_sha1_redis_computes() {
+        // sha1("abc"), as `redis-cli EVAL "return redis.sha1hex(ARGV[1])" 0 abc` prints it.
+        assert_eq!(
+            version_of(b"abc").as_str(),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+    }
+
+    #[test]
+    fn info_text_is_split_into_lower_case_sections() {
+        let info = parse_info("# Server\r\nredis_version:7.0.15\r\n\r\n# Memory\r\nused_memory:100\r\nused_memory_human:100B\r\n");
+        assert_eq!(info["server"]["redis_version"], "7.0.15");
+        assert_eq!(info["memory"]["used_memory_human"], "100B");
+    }
+
+    #[test]
+    fn scan_patterns_escape_glob_characters() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(glob_escape("djforge:sess:"), "djforge:sess:");
+    }
+
+    #[test]
+    fn only_connection_level_errors_reset_the_connection() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(is_connection_problem(&refused));
+        assert!(matches!(
+            map_error(refused, Duration::from_secs(1)),
+            StoreError::Unavailable { .. }
+        ));
+        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(matches!(
+            map_error(timeout, Duration::from_secs(1)),
+            StoreError::Timeout { .. }
+        ));
+        let typed = RedisError::from((ErrorKind::UnexpectedReturnType, "not a number"));
+        assert!(!is_connection_problem(&typed));
+        assert!(matches!(
+            map_error(typed, Duration::from_secs(1)),
+            StoreError::Backend { .. }
+        ));
+    }
+}

@@ -1,0 +1,856 @@
+//! The file store, end to end: real files in a tempdir, real HTTP on loopback through an Axum router
+//! wrapped in `SessionLayer`.
+
+use axum::extract::Path as UrlPath;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use sessionforge::expiry::{Clock, ManualClock, Timestamp};
+use sessionforge::id::{StoreKey, Token};
+use sessionforge::store::{
+    ChangeSet, Created, FileStore, ManagedStore, Record, Saved, SessionStore, StoreError,
+    StoreKind, Usage,
+};
+use sessionforge::{Session, SessionError, SessionLayer};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every test finishes within this, or fails.
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test took too long")
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The application under test
+
+async fn count(session: Session) -> Result<String, SessionError> {
+    let n: u64 = session.get("n").await?.unwrap_or(0) + 1;
+    session.insert("n", n).await?;
+    Ok(n.to_string())
+}
+
+async fn set(session: Session, UrlPath(key): UrlPath<String>) -> Result<(), SessionError> {
+    session.insert(&key, true).await
+}
+
+async fn data(session: Session) -> Result<Json<Value>, SessionError> {
+    Ok(Json(Value::Object(session.data().await?)))
+}
+
+fn app(layer: SessionLayer) -> Router {
+    Router::new()
+        .route("/count", get(count))
+        .route("/set/{key}", put(set))
+        .route("/data", get(data))
+        .layer(layer)
+}
+
+struct Server {
+    addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    /// The `id` cookie set by the response, if any.
+    cookie: Option<String>,
+    body: String,
+}
+
+impl Server {
+    async fn start(layer: SessionLayer) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app(layer)).await.unwrap();
+        });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Server { addr, client, task }
+    }
+
+    async fn send(&self, method: &str, path: &str, cookie: Option<&str>) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, format!("id={c}"));
+        }
+        let res = self
+            .client
+            .request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let cookie = res
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix("id="))
+            .map(|v| v.split(';').next().unwrap().to_owned())
+            .filter(|v| !v.is_empty());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            cookie,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str, cookie: Option<&str>) -> Reply {
+        self.send("GET", path, cookie).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers
+
+fn key_of(token: &str) -> StoreKey {
+    Token::parse(token)
+        .expect("the server sent a well-formed token")
+        .store_key()
+}
+
+fn session_file(dir: &Path, key: &StoreKey) -> PathBuf {
+    dir.join(format!("{key}.json"))
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+/// Every path under `root` with its size, mode and modification time: a fingerprint of the tree.
+fn tree(root: &Path) -> BTreeMap<PathBuf, (u64, u32, std::time::SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            out.insert(
+                e.path(),
+                (m.len(), m.permissions().mode(), m.modified().unwrap()),
+            );
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn record(now: Timestamp, ttl: Duration) -> Record {
+    Record {
+        created_at: now,
+        last_access: now,
+        expires: now.plus(ttl),
+        deadline: now.plus(ttl * 10),
+        user_agent: Some("test".into()),
+        user: None,
+        data: json!({"n": 1}).as_object().unwrap().clone(),
+    }
+}
+
+fn disk(u: Usage) -> (u64, u64) {
+    match u {
+        Usage::Disk { files, bytes, .. } => (files, bytes),
+        other => panic!("expected disk usage, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Over HTTP
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_survives_requests_in_a_private_json_file() {
+    bounded(async {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("sessions");
+        let server = Server::start(SessionLayer::new(FileStore::new(&dir))).await;
+
+        let first = server.get("/count", None).await;
+        assert_eq!(first.status, StatusCode::OK);
+        assert_eq!(first.body, "1");
+        let token = first.cookie.expect("a new session sets a cookie");
+        for n in 2..=4 {
+            let r = server.get("/count", Some(&token)).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.body, n.to_string());
+        }
+
+        // The directory was created private, and holds exactly one file, named by the digest.
+        let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700, "directory mode {dir_mode:o}");
+        let key = key_of(&token);
+        assert_eq!(names(&dir), BTreeSet::from([format!("{key}.json")]));
+        assert!(!names(&dir).iter().any(|n| n.contains(&token)));
+
+        let path = session_file(&dir, &key);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "file mode {mode:o}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let stored: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(stored["data"], json!({"n": 4}), "{text}");
+        assert!(stored["expires"].as_u64().unwrap() > stored["createdAt"].as_u64().unwrap());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_writers_to_one_session_all_land() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(SessionLayer::new(FileStore::new(dir.path()))).await;
+        let token = server.get("/count", None).await.cookie.unwrap();
+
+        let mut tasks = tokio::task::JoinSet::new();
+        let server = std::sync::Arc::new(server);
+        for i in 0..64 {
+            let (server, token) = (server.clone(), token.clone());
+            tasks.spawn(async move {
+                server
+                    .send("PUT", &format!("/set/k{i}"), Some(&token))
+                    .await
+                    .status
+            });
+        }
+        while let Some(status) = tasks.join_next().await {
+            assert_eq!(status.unwrap(), StatusCode::OK);
+        }
+
+        let r = server.get("/data", Some(&token)).await;
+        let data: Value = serde_json::from_str(&r.body).unwrap();
+        let obj = data.as_object().unwrap();
+        for i in 0..64 {
+            assert_eq!(obj.get(&format!("k{i}")), Some(&json!(true)), "k{i} lost");
+        }
+        assert_eq!(obj["n"], json!(1));
+        assert_eq!(obj.len(), 65);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_and_hostile_tokens_get_a_fresh_session_and_touch_nothing_outside() {
+    bounded(async {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("sessions");
+        std::fs::write(parent.path().join("secret.txt"), "keep me").unwrap();
+        std::fs::write(parent.path().join("passwd.json"), "{}").unwrap();
+        let store = FileStore::new(&dir);
+        let server = Server::start(SessionLayer::new(store.clone())).await;
+
+        // An existing session whose store key (as the admin listing shows it) must not work as a token.
+        let victim = server.get("/count", None).await.cookie.unwrap();
+        server.get("/count", Some(&victim)).await;
+        let victim_key = key_of(&victim);
+
+        let secret = parent.path().join("secret.txt");
+        let hostile: Vec<String> = vec![
+            "../../etc/passwd".into(),
+            "..%2f..%2fsecret.txt".into(),
+            "%2e%2e%2f%2e%2e%2fsecret.txt".into(),
+            "/etc/passwd".into(),
+            secret.display().to_string(),
+            "../passwd".into(),
+            format!("../{}", &"A".repeat(40)),
+            ".".into(),
+            "..".into(),
+            "A".repeat(43),                   // well-formed, never issued
+            victim_key.as_str().to_owned(),   // a store key is not a token
+            "x".repeat(16 * 1024),            // very long
+            format!("{}%00.json", "A".repeat(40)),
+        ];
+        let before = tree(parent.path());
+        let outside = |t: &BTreeMap<PathBuf, _>| {
+            t.keys()
+                .filter(|p| !p.starts_with(&dir))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let before_outside: BTreeMap<_, _> = before
+            .iter()
+            .filter(|(p, _)| !p.starts_with(&dir))
+            .map(|(p, v)| (p.clone(), *v))
+            .collect();
+
+        for bad in &hostile {
+            let r = server.get("/count", Some(bad)).await;
+            assert!(r.status.is_success(), "{bad:.60}: {}", r.status);
+            assert_eq!(r.body, "1", "{bad:.60} reached an existing session");
+            let fresh = r.cookie.expect("a fresh session");
+            assert_ne!(&fresh, bad);
+            assert!(Token::parse(&fresh).is_ok());
+        }
+
+        // A NUL byte cannot be put in an `http` header value, so send it raw. The server must refuse it
+        // as a client error or give a fresh session, never 5xx.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(b"GET /count HTTP/1.1\r\nHost: x\r\nCookie: id=../..\0/etc/passwd\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await.unwrap();
+        let raw = String::from_utf8_lossy(&raw);
+        let status: u16 = raw.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!((200..500).contains(&status), "{raw}");
+
+        let after = tree(parent.path());
+        let after_outside: BTreeMap<_, _> = after
+            .iter()
+            .filter(|(p, _)| !p.starts_with(&dir))
+            .map(|(p, v)| (p.clone(), *v))
+            .collect();
+        assert_eq!(before_outside, after_outside, "something outside the directory changed");
+        assert_eq!(outside(&after).len(), 2); // secret.txt and passwd.json; nothing new
+        assert_eq!(
+            std::fs::read_to_string(parent.path().join("secret.txt")).unwrap(),
+            "keep me"
+        );
+        // Inside: only session files, named by store keys; the victim is untouched.
+        for name in names(&dir) {
+            let stem = name.strip_suffix(".json").expect("only session files");
+            assert!(StoreKey::parse(stem).is_ok(), "{name}");
+        }
+        let victim_now = server.get("/data", Some(&victim)).await;
+        assert_eq!(victim_now.body, r#"{"n":2}"#);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_quota_new_sessions_get_a_json_error_and_existing_ones_keep_working() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).with_max_files(2);
+        let server = Server::start(SessionLayer::new(store.clone())).await;
+        let a = server.get("/count", None).await.cookie.unwrap();
+        let b = server.get("/count", None).await.cookie.unwrap();
+        let files_before: Vec<_> = [&a, &b]
+            .iter()
+            .map(|t| std::fs::read(session_file(dir.path(), &key_of(t))).unwrap())
+            .collect();
+
+        let refused = server.get("/count", None).await;
+        // The layer answers a full store with a JSON 503 that says so; the client is not told a
+        // session exists when none was stored.
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value = serde_json::from_str(&refused.body).unwrap();
+        assert_eq!(body, json!({"error": "session store full"}));
+        assert_eq!(refused.cookie, None);
+        assert_eq!(names(dir.path()).len(), 2);
+
+        // Untouched by the refusal ...
+        for (t, before) in [&a, &b].iter().zip(&files_before) {
+            assert_eq!(
+                &std::fs::read(session_file(dir.path(), &key_of(t))).unwrap(),
+                before
+            );
+        }
+        // ... and still working.
+        assert_eq!(server.get("/count", Some(&a)).await.body, "2");
+        assert_eq!(server.get("/count", Some(&b)).await.body, "2");
+        assert_eq!(server.get("/count", Some(&a)).await.body, "3");
+
+        // The store's own error says which limit.
+        let err = store
+            .create(
+                &Token::generate().store_key(),
+                &record(Timestamp::from_millis(0), Duration::from_secs(1 << 40)),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::QuotaExceeded { .. }), "{err:?}");
+        assert!(err.to_string().contains("limit"), "{err}");
+        assert!(!err.is_unavailable());
+
+        // Deleting one makes room again.
+        assert!(store.delete(&key_of(&a)).await.unwrap());
+        let c = server.get("/count", None).await;
+        assert_eq!(c.status, StatusCode::OK);
+        assert!(c.cookie.is_some());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_file_means_a_fresh_session_and_is_set_aside_then_cleaned_up() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path());
+        let server = Server::start(SessionLayer::new(store.clone())).await;
+        let token = server.get("/count", None).await.cookie.unwrap();
+        assert_eq!(server.get("/count", Some(&token)).await.body, "2");
+        let key = key_of(&token);
+        std::fs::write(session_file(dir.path(), &key), b"{\"createdAt\": tru").unwrap();
+
+        let r = server.get("/count", Some(&token)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, "1", "a corrupt session must not be reused");
+        let fresh = r.cookie.unwrap();
+        assert_ne!(fresh, token);
+
+        let corrupt = dir.path().join(format!("{key}.corrupt"));
+        assert!(corrupt.exists(), "set aside: {:?}", names(dir.path()));
+        assert!(!session_file(dir.path(), &key).exists());
+        // Listing and counting ignore it.
+        assert_eq!(store.count().await.unwrap(), 1);
+        let page = store.list(None, 10).await.unwrap();
+        assert_eq!(page.sessions.len(), 1);
+        assert_eq!(page.sessions[0].id, key_of(&fresh));
+
+        // A corrupt file nobody asked for is found by cleanup as well.
+        let other = Token::generate().store_key();
+        std::fs::write(session_file(dir.path(), &other), b"[1,2,3]").unwrap();
+        assert_eq!(store.cleanup().await.unwrap(), 2);
+        assert!(!corrupt.exists());
+        assert!(!session_file(dir.path(), &other).exists());
+        assert_eq!(
+            names(dir.path()),
+            BTreeSet::from([format!("{}.json", key_of(&fresh))])
+        );
+        assert_eq!(server.get("/count", Some(&fresh)).await.body, "2");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_expires_on_the_store_clock_over_http() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_now();
+        let store = FileStore::new(dir.path()).with_clock(clock.clone());
+        let layer = SessionLayer::new(store)
+            .with_clock(clock.clone())
+            .with_idle_timeout(Duration::from_secs(60));
+        let server = Server::start(layer).await;
+        let token = server.get("/count", None).await.cookie.unwrap();
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(server.get("/count", Some(&token)).await.body, "2");
+        clock.advance(Duration::from_secs(61));
+        let r = server.get("/count", Some(&token)).await;
+        assert_eq!(r.body, "1");
+        assert!(!session_file(dir.path(), &key_of(&token)).exists());
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The store directly
+
+#[tokio::test]
+async fn a_save_after_delete_is_gone_and_recreates_nothing() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path());
+        let key = Token::generate().store_key();
+        let rec = record(
+            sessionforge::expiry::SystemClock.now(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(store.create(&key, &rec).await.unwrap(), Created::Created);
+        let base = store.load(&key).await.unwrap().unwrap().version;
+        assert!(store.delete(&key).await.unwrap());
+
+        let mut changes = ChangeSet::default();
+        changes.entries.insert("late".into(), Some(json!(1)));
+        let mut ours = rec.clone();
+        changes.apply(&mut ours.data);
+        assert_eq!(
+            store.save(&key, &base, &ours, &changes).await.unwrap(),
+            Saved::Gone
+        );
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+        assert!(store.load(&key).await.unwrap().is_none());
+        assert_eq!(disk(store.usage().await.unwrap()), (0, 0));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn expired_files_are_absent_and_removed_by_cleanup() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
+        let store = FileStore::new(dir.path()).with_clock(clock.clone());
+        let short: Vec<_> = (0..3).map(|_| Token::generate().store_key()).collect();
+        let long = Token::generate().store_key();
+        for k in &short {
+            store
+                .create(k, &record(clock.now(), Duration::from_secs(10)))
+                .await
+                .unwrap();
+        }
+        store
+            .create(&long, &record(clock.now(), Duration::from_secs(100)))
+            .await
+            .unwrap();
+        assert_eq!(store.count().await.unwrap(), 4);
+
+        clock.advance(Duration::from_secs(10));
+        // Expired: absent to load, and that load removes its file.
+        assert!(store.load(&short[0]).await.unwrap().is_none());
+        assert!(!session_file(dir.path(), &short[0]).exists());
+        // The others are still on disk until cleanup.
+        assert!(session_file(dir.path(), &short[1]).exists());
+        assert_eq!(store.count().await.unwrap(), 1);
+        // A save to an expired session does not bring it back.
+        let stale = record(clock.now(), Duration::from_secs(10));
+        assert_eq!(
+            store
+                .save(
+                    &short[1],
+                    &sessionforge::store::Version::new("x"),
+                    &stale,
+                    &ChangeSet::default()
+                )
+                .await
+                .unwrap(),
+            Saved::Gone
+        );
+        assert_eq!(store.cleanup().await.unwrap(), 1);
+        assert_eq!(names(dir.path()), BTreeSet::from([format!("{long}.json")]));
+        assert_eq!(disk(store.usage().await.unwrap()).0, 1);
+        // An expired key is free for create again.
+        assert_eq!(
+            store
+                .create(&short[0], &record(clock.now(), Duration::from_secs(10)))
+                .await
+                .unwrap(),
+            Created::Created
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_removes_expired_files_periodically_and_stops_on_abort() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_now();
+        let store = FileStore::new(dir.path()).with_clock(clock.clone());
+        let keys: Vec<_> = (0..5).map(|_| Token::generate().store_key()).collect();
+        for k in &keys {
+            store
+                .create(k, &record(clock.now(), Duration::from_secs(10)))
+                .await
+                .unwrap();
+        }
+        let reaper = store.spawn_reaper(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(names(dir.path()).len(), 5, "nothing is expired yet");
+        clock.advance(Duration::from_secs(11));
+        while !names(dir.path()).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        reaper.abort();
+        assert!(reaper.await.unwrap_err().is_cancelled());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn listing_pages_through_every_live_session_exactly_once() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_now();
+        let store = FileStore::new(dir.path()).with_clock(clock.clone());
+        let mut live = BTreeSet::new();
+        for _ in 0..23 {
+            let k = Token::generate().store_key();
+            store
+                .create(&k, &record(clock.now(), Duration::from_secs(100)))
+                .await
+                .unwrap();
+            live.insert(k);
+        }
+        for _ in 0..4 {
+            store
+                .create(
+                    &Token::generate().store_key(),
+                    &record(clock.now(), Duration::from_secs(1)),
+                )
+                .await
+                .unwrap();
+        }
+        clock.advance(Duration::from_secs(2));
+
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = store.list(cursor.as_deref(), 7).await.unwrap();
+            pages += 1;
+            assert!(page.sessions.len() <= 7);
+            seen.extend(page.sessions.iter().map(|s| s.id.clone()));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+            assert!(pages < 10, "listing does not end");
+        }
+        assert_eq!(pages, 4);
+        assert_eq!(seen.len(), 23, "each exactly once");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "in key order");
+        assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), live);
+        assert_eq!(store.count().await.unwrap(), 23);
+
+        for bad in ["../../etc", "", "not a key", &"A".repeat(44)] {
+            let err = store.list(Some(bad), 5).await.unwrap_err();
+            assert!(matches!(err, StoreError::InvalidCursor), "{bad}: {err:?}");
+        }
+        assert!(store.list(None, 0).await.unwrap().sessions.is_empty());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_byte_quota_refuses_new_sessions_but_lets_existing_ones_grow_a_little() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let now = sessionforge::expiry::SystemClock.now();
+        let rec = record(now, Duration::from_secs(60));
+        let size = rec.to_json().len() as u64;
+        let store = FileStore::new(dir.path()).with_max_bytes(size * 20);
+        let mut keys = Vec::new();
+        loop {
+            let k = Token::generate().store_key();
+            match store.create(&k, &rec).await {
+                Ok(Created::Created) => keys.push(k),
+                Err(StoreError::QuotaExceeded { detail }) => {
+                    assert!(detail.contains("byte limit"), "{detail}");
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(keys.len() <= 20);
+        }
+        assert_eq!(keys.len(), 20);
+        let (files, bytes) = disk(store.usage().await.unwrap());
+        assert_eq!((files, bytes), (20, size * 20));
+
+        // An existing session may grow into the reserve ...
+        let base = store.load(&keys[0]).await.unwrap().unwrap().version;
+        let mut changes = ChangeSet::default();
+        changes
+            .entries
+            .insert("a".into(), Some(json!("x".repeat(size as usize))));
+        let mut ours = rec.clone();
+        changes.apply(&mut ours.data);
+        assert_eq!(
+            store.save(&keys[0], &base, &ours, &changes).await.unwrap(),
+            Saved::Saved
+        );
+        // ... but not without bound; the refused save leaves the file as it was.
+        let before = std::fs::read(session_file(dir.path(), &keys[1])).unwrap();
+        let base = store.load(&keys[1]).await.unwrap().unwrap().version;
+        let mut changes = ChangeSet::default();
+        changes
+            .entries
+            .insert("a".into(), Some(json!("x".repeat(4 * size as usize))));
+        let mut ours = rec.clone();
+        changes.apply(&mut ours.data);
+        let err = store
+            .save(&keys[1], &base, &ours, &changes)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::QuotaExceeded { .. }), "{err:?}");
+        assert_eq!(
+            std::fs::read(session_file(dir.path(), &keys[1])).unwrap(),
+            before
+        );
+        // Small saves still work.
+        let mut changes = ChangeSet::default();
+        changes.entries.insert("n".into(), Some(json!(2)));
+        let mut ours = rec.clone();
+        changes.apply(&mut ours.data);
+        assert_eq!(
+            store.save(&keys[1], &base, &ours, &changes).await.unwrap(),
+            Saved::Saved
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn health_usage_and_a_vanished_directory() {
+    bounded(async {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("s");
+        let store = FileStore::new(&dir);
+        assert_eq!(store.kind(), StoreKind::File);
+        let h = store.health().await;
+        assert_eq!(h.serving, StoreKind::File);
+        assert_eq!(h.redis_healthy, None);
+        assert_eq!(h.detail, None, "a writable directory is healthy");
+        assert!(h.healthy);
+        let rec = record(
+            sessionforge::expiry::SystemClock.now(),
+            Duration::from_secs(60),
+        );
+        let key = Token::generate().store_key();
+        store.create(&key, &rec).await.unwrap();
+        match store.usage().await.unwrap() {
+            Usage::Disk {
+                directory,
+                files,
+                bytes,
+            } => {
+                assert_eq!(directory, dir.display().to_string());
+                assert_eq!((files, bytes), (1, rec.to_json().len() as u64));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The health probe leaves nothing behind.
+        assert_eq!(names(&dir).len(), 1);
+
+        std::fs::remove_dir_all(&dir).unwrap();
+        let h = store.health().await;
+        assert!(!h.healthy, "{h:?}");
+        assert!(
+            h.detail.as_deref().unwrap_or("").contains("not writable"),
+            "{h:?}"
+        );
+        let err = store
+            .create(&Token::generate().store_key(), &rec)
+            .await
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert!(store.load(&key).await.unwrap().is_none());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn cleanup_removes_stale_temp_files_but_leaves_foreign_files_alone() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path());
+        store.init().await.unwrap();
+        let key = Token::generate().store_key();
+        let stale = dir.path().join(format!(".{key}.1.1.tmp"));
+        let fresh = dir.path().join(format!(".{key}.1.2.tmp"));
+        std::fs::write(&stale, b"half").unwrap();
+        std::fs::write(&fresh, b"in flight").unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::write(dir.path().join("README"), b"mine").unwrap();
+        std::fs::write(dir.path().join("notes.json"), b"not a session").unwrap();
+
+        assert_eq!(store.cleanup().await.unwrap(), 1);
+        assert!(!stale.exists());
+        assert!(fresh.exists(), "a temp file in flight is left alone");
+        assert!(dir.path().join("README").exists());
+        assert!(dir.path().join("notes.json").exists());
+        assert_eq!(store.count().await.unwrap(), 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_directory_symlink_or_fifo_under_a_session_name_is_corrupt_not_followed() {
+    bounded(async {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("sessions");
+        let secret = parent.path().join("secret.json");
+        let now = sessionforge::expiry::SystemClock.now();
+        // A valid record outside: following the link would "load" it.
+        std::fs::write(&secret, record(now, Duration::from_secs(600)).to_json()).unwrap();
+        let store = FileStore::new(&dir);
+        store.init().await.unwrap();
+
+        let (d, l, f) = (
+            Token::generate().store_key(),
+            Token::generate().store_key(),
+            Token::generate().store_key(),
+        );
+        std::fs::create_dir(session_file(&dir, &d)).unwrap();
+        std::os::unix::fs::symlink(&secret, session_file(&dir, &l)).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(session_file(&dir, &f))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+
+        let before = std::fs::read(&secret).unwrap();
+        assert!(store.load(&d).await.unwrap().is_none());
+        assert!(store.load(&l).await.unwrap().is_none());
+        if fifo {
+            assert!(store.load(&f).await.unwrap().is_none());
+        }
+        assert_eq!(std::fs::read(&secret).unwrap(), before);
+        assert!(!session_file(&dir, &l).exists());
+        assert!(dir
+            .join(format!("{l}.corrupt"))
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink());
+
+        // Creating under those names works and writes a regular file, not through the link.
+        let rec = record(now, Duration::from_secs(60));
+        assert_eq!(store.create(&l, &rec).await.unwrap(), Created::Created);
+        assert!(session_file(&dir, &l).symlink_metadata().unwrap().is_file());
+        assert_eq!(std::fs::read(&secret).unwrap(), before);
+
+        // Cleanup removes what it can and does not fail on the rest.
+        store.cleanup().await.unwrap();
+        assert!(!dir.join(format!("{l}.corrupt")).exists());
+        assert!(secret.exists());
+        assert_eq!(store.count().await.unwrap(), 1);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaper_registered_with_shutdown_stops_by_itself_and_the_drain_is_clean() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_now();
+        let store = FileStore::new(dir.path()).with_clock(clock.clone());
+        let key = Token::generate().store_key();
+        store
+            .create(&key, &record(clock.now(), Duration::from_secs(1)))
+            .await
+            .unwrap();
+        let shutdown = sessionforge::shutdown::Shutdown::new();
+        shutdown.register(store.spawn_reaper_until(Duration::from_millis(20), shutdown.signal()));
+        clock.advance(Duration::from_secs(2));
+        while !names(dir.path()).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.trigger();
+        let report = shutdown.drain(Duration::from_secs(5)).await;
+        assert!(report.clean(), "{report:?}");
+    })
+    .await
+}

@@ -1,0 +1,652 @@
+//! The Redis store against a real `redis-server` (started per test by `support::RedisServer` on a
+//! free loopback port), through the store API and through real HTTP on loopback.
+
+mod support;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, put};
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use sessionforge::expiry::{Clock, SystemClock, Timestamp};
+use sessionforge::id::{StoreKey, Token};
+use sessionforge::metrics::{Event, Metrics};
+use sessionforge::store::redis::{ConfigError, RedisConfig, RedisStore};
+use sessionforge::store::{
+    ChangeSet, Created, ManagedStore, Record, Saved, SessionStore, StoreError, StoreKind, Usage,
+};
+use sessionforge::{Session, SessionError, SessionLayer};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::RedisServer;
+use tokio::sync::Notify;
+
+const PREFIX: &str = "test:sess:";
+/// Short timeouts so the failure tests stay quick.
+const TIMEOUT: Duration = Duration::from_millis(300);
+/// Every HTTP exchange and store call in these tests ends within this, or the test fails.
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn config(url: &str) -> RedisConfig {
+    RedisConfig::new(url)
+        .unwrap()
+        .with_prefix(PREFIX)
+        .with_connect_timeout(TIMEOUT)
+        .with_command_timeout(TIMEOUT)
+}
+
+fn store(server: &RedisServer) -> RedisStore {
+    RedisStore::new(config(&server.url())).unwrap()
+}
+
+fn record(ttl: Duration, data: Value) -> Record {
+    let now = SystemClock.now();
+    Record {
+        created_at: now,
+        last_access: now,
+        expires: now.plus(ttl),
+        deadline: now.plus(ttl * 10),
+        user_agent: Some("test-agent".into()),
+        user: None,
+        data: data.as_object().unwrap().clone(),
+    }
+}
+
+fn key() -> StoreKey {
+    Token::generate().store_key()
+}
+
+async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .expect("no answer within the test's time limit")
+}
+
+// ---------------------------------------------------------------------------------------------
+// An Axum app on loopback and a hand-driven client.
+
+#[derive(Clone, Default)]
+struct Gate {
+    loaded: Arc<Notify>,
+    go: Arc<Notify>,
+}
+
+async fn count(session: Session) -> Result<String, SessionError> {
+    let n: u64 = session.get("n").await?.unwrap_or(0) + 1;
+    session.insert("n", n).await?;
+    Ok(n.to_string())
+}
+
+async fn set_key(session: Session, Path(k): Path<String>) -> Result<&'static str, SessionError> {
+    session.insert(&k, true).await?;
+    Ok("ok")
+}
+
+async fn data(session: Session) -> Result<String, SessionError> {
+    Ok(Value::Object(session.data().await?).to_string())
+}
+
+/// Loads the session, waits for the test to say go, then writes.
+async fn gated_write(State(gate): State<Gate>, session: Session) -> Result<String, SessionError> {
+    let n: u64 = session.get("n").await?.unwrap_or(0);
+    gate.loaded.notify_one();
+    gate.go.notified().await;
+    session.insert("late", n).await?;
+    Ok("written".into())
+}
+
+async fn serve(store: RedisStore, gate: Gate) -> SocketAddr {
+    let app = Router::new()
+        .route("/count", get(count))
+        .route("/set/{k}", put(set_key))
+        .route("/data", get(data))
+        .route("/gated", put(gated_write))
+        .with_state(gate)
+        .layer(SessionLayer::new(store).with_idle_timeout(Duration::from_secs(60)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+struct Reply {
+    status: StatusCode,
+    /// The `id` cookie value the server set, if any (empty when it removed the cookie).
+    cookie: Option<String>,
+    body: String,
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn call(
+    client: &HttpClient,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("user-agent", "sessionforge-test/1.0");
+    if let Some(c) = cookie {
+        req = req.header("cookie", format!("id={c}"));
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let res = bounded(client.request(req)).await.expect("HTTP request");
+    let status = res.status();
+    let cookie = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("id="))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned());
+    let body = bounded(res.into_body().collect()).await.unwrap().to_bytes();
+    Reply {
+        status,
+        cookie,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn redis_key_of(token: &str) -> String {
+    format!("{PREFIX}{}", Token::parse(token).unwrap().store_key())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+#[tokio::test]
+async fn an_http_session_is_stored_as_readable_json_with_a_millisecond_ttl() {
+    let server = RedisServer::start();
+    let addr = serve(store(&server), Gate::default()).await;
+    let client = client();
+
+    let first = call(&client, addr, "GET", "/count", None).await;
+    assert_eq!((first.status, first.body.as_str()), (StatusCode::OK, "1"));
+    let token = first.cookie.expect("a new session sets a cookie");
+    let second = call(&client, addr, "GET", "/count", Some(&token)).await;
+    assert_eq!(second.body, "2");
+
+    let rkey = redis_key_of(&token);
+    let stored: Value = serde_json::from_str(&server.cli(&["GET", &rkey])).unwrap();
+    assert_eq!(stored["data"], json!({"n": 2}));
+    assert_eq!(stored["userAgent"], "sessionforge-test/1.0");
+    for field in ["createdAt", "lastAccess", "expires", "deadline"] {
+        assert!(stored[field].as_u64().is_some(), "{field} in {stored}");
+    }
+    let pttl: i64 = server.cli(&["PTTL", &rkey]).parse().unwrap();
+    assert!((50_000..=60_000).contains(&pttl), "PTTL {pttl}");
+    // The token itself is never a key: only its digest is.
+    assert_eq!(server.cli(&["EXISTS", &format!("{PREFIX}{token}")]), "0");
+    // The index holds the store key scored by the expiry.
+    let score: u64 = server
+        .cli(&["ZSCORE", &format!("{PREFIX}index"), &rkey[PREFIX.len()..]])
+        .parse()
+        .unwrap();
+    assert_eq!(score, stored["expires"].as_u64().unwrap());
+}
+
+#[tokio::test]
+async fn create_on_a_taken_key_answers_exists_and_keeps_the_first_value() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let k = key();
+    let first = record(Duration::from_secs(60), json!({"who": "first"}));
+    let second = record(Duration::from_secs(60), json!({"who": "second"}));
+    assert_eq!(store.create(&k, &first).await.unwrap(), Created::Created);
+    assert_eq!(store.create(&k, &second).await.unwrap(), Created::Exists);
+    let loaded = store.load(&k).await.unwrap().unwrap();
+    assert_eq!(loaded.record.data["who"], "first");
+    // The version is the SHA-1 that Redis's own sha1hex computes over the stored bytes.
+    let lua = server.cli(&[
+        "EVAL",
+        "return redis.sha1hex(redis.call('GET', KEYS[1]))",
+        "1",
+        &store.redis_key(&k),
+    ]);
+    assert_eq!(loaded.version.as_str(), lua);
+}
+
+#[tokio::test]
+async fn a_stale_save_merges_with_the_concurrent_writer_and_counts_a_conflict() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let k = key();
+    let base_record = record(Duration::from_secs(60), json!({"n": 1}));
+    store.create(&k, &base_record).await.unwrap();
+    let base = store.load(&k).await.unwrap().unwrap().version;
+    let conflicts_before = Metrics::global().get(Event::SaveConflict);
+    for key_name in ["a", "b"] {
+        let mut changes = ChangeSet::default();
+        changes
+            .entries
+            .insert(key_name.into(), Some(json!(key_name)));
+        let mut ours = base_record.clone();
+        changes.apply(&mut ours.data);
+        let saved = store.save(&k, &base, &ours, &changes).await.unwrap();
+        assert_eq!(saved, Saved::Saved);
+    }
+    let data = store.load(&k).await.unwrap().unwrap().record.data;
+    assert_eq!(Value::Object(data), json!({"n": 1, "a": "a", "b": "b"}));
+    assert!(Metrics::global().get(Event::SaveConflict) > conflicts_before);
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_requests_on_one_session_all_land() {
+    let server = RedisServer::start();
+    let addr = serve(store(&server), Gate::default()).await;
+    let client = client();
+    let token = call(&client, addr, "GET", "/count", None)
+        .await
+        .cookie
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let (client, token) = (client.clone(), token.clone());
+        tasks.spawn(async move {
+            call(&client, addr, "PUT", &format!("/set/k{i}"), Some(&token))
+                .await
+                .status
+        });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let data: Value =
+        serde_json::from_str(&call(&client, addr, "GET", "/data", Some(&token)).await.body)
+            .unwrap();
+    let keys = data.as_object().unwrap();
+    assert_eq!(keys.len(), 65, "{data}");
+    for i in 0..64 {
+        assert_eq!(keys[&format!("k{i}")], true);
+    }
+    let stored: Value = serde_json::from_str(&server.cli(&["GET", &redis_key_of(&token)])).unwrap();
+    assert_eq!(stored["data"].as_object().unwrap().len(), 65);
+}
+
+#[tokio::test]
+async fn a_save_after_a_delete_never_brings_the_session_back() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let k = key();
+    let rec = record(Duration::from_secs(60), json!({"n": 1}));
+    store.create(&k, &rec).await.unwrap();
+    let base = store.load(&k).await.unwrap().unwrap().version;
+    assert!(store.delete(&k).await.unwrap());
+    assert!(!store.delete(&k).await.unwrap());
+    let mut changes = ChangeSet::default();
+    changes.entries.insert("x".into(), Some(json!(1)));
+    assert_eq!(
+        store.save(&k, &base, &rec, &changes).await.unwrap(),
+        Saved::Gone
+    );
+    assert_eq!(server.cli(&["EXISTS", &store.redis_key(&k)]), "0");
+    assert_eq!(
+        server.cli(&["ZSCORE", store.index_key(), k.as_str()]),
+        "",
+        "no index entry either"
+    );
+}
+
+#[tokio::test]
+async fn a_session_deleted_in_redis_stays_deleted_through_http() {
+    let server = RedisServer::start();
+    let gate = Gate::default();
+    let addr = serve(store(&server), gate.clone()).await;
+    let client = client();
+
+    // Deleted while a request that loaded it is in flight.
+    let token = call(&client, addr, "GET", "/count", None)
+        .await
+        .cookie
+        .unwrap();
+    let rkey = redis_key_of(&token);
+    let in_flight = {
+        let (client, token) = (client.clone(), token.clone());
+        tokio::spawn(async move { call(&client, addr, "PUT", "/gated", Some(&token)).await })
+    };
+    bounded(gate.loaded.notified()).await;
+    assert_eq!(server.cli(&["DEL", &rkey]), "1");
+    gate.go.notify_one();
+    let reply = bounded(in_flight).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.cookie.as_deref(), Some(""), "the cookie is removed");
+    assert_eq!(server.cli(&["EXISTS", &rkey]), "0", "not resurrected");
+
+    // Deleted between requests: the next write starts a new session under a new token.
+    let token = call(&client, addr, "GET", "/count", None)
+        .await
+        .cookie
+        .unwrap();
+    let rkey = redis_key_of(&token);
+    assert_eq!(server.cli(&["DEL", &rkey]), "1");
+    let reply = call(&client, addr, "PUT", "/set/x", Some(&token)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let fresh = reply.cookie.expect("a fresh session");
+    assert_ne!(fresh, token);
+    assert_eq!(server.cli(&["EXISTS", &rkey]), "0", "not resurrected");
+    assert_eq!(server.cli(&["EXISTS", &redis_key_of(&fresh)]), "1");
+}
+
+#[tokio::test]
+async fn two_app_instances_on_one_redis_share_sessions() {
+    let server = RedisServer::start();
+    let a = serve(store(&server), Gate::default()).await;
+    let b = serve(store(&server), Gate::default()).await;
+    let client = client();
+    let token = call(&client, a, "GET", "/count", None)
+        .await
+        .cookie
+        .unwrap();
+    for (i, addr) in [b, a, b, a, b].into_iter().enumerate() {
+        let reply = call(&client, addr, "GET", "/count", Some(&token)).await;
+        assert_eq!(reply.body, (i + 2).to_string());
+    }
+}
+
+#[tokio::test]
+async fn password_with_special_characters_and_db_1_from_the_environment() {
+    let password = "p@ss:w/rd";
+    let server = RedisServer::with_args(&["--requirepass", password]);
+    let port = server.port().to_string();
+    let env = |name: &str| match name {
+        "REDIS_HOST" => Some("127.0.0.1".to_owned()),
+        "REDIS_PORT" => Some(port.clone()),
+        "REDIS_PASSWORD" => Some(password.to_owned()),
+        "REDIS_DB" => Some("1".to_owned()),
+        _ => None,
+    };
+    let cfg = RedisConfig::from_lookup(env).unwrap().with_prefix(PREFIX);
+    assert!(!format!("{cfg:?}").contains(password));
+    let store = RedisStore::new(cfg).unwrap();
+    let k = key();
+    store
+        .create(&k, &record(Duration::from_secs(60), json!({"db": 1})))
+        .await
+        .unwrap();
+    let rkey = store.redis_key(&k);
+    let in_db1: Value = serde_json::from_str(&server.cli(&["-n", "1", "GET", &rkey])).unwrap();
+    assert_eq!(in_db1["data"]["db"], 1);
+    assert_eq!(server.cli(&["-n", "0", "EXISTS", &rkey]), "0");
+
+    // A wrong password is a typed error, not a hang or a panic.
+    let wrong = RedisStore::new(config(&format!(
+        "redis://:nope@127.0.0.1:{}",
+        server.port()
+    )))
+    .unwrap();
+    let err = bounded(wrong.ping()).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn redis_url_wins_over_the_other_variables() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = |name: &str| match name {
+        "REDIS_URL" => Some(url.clone()),
+        "REDIS_PORT" => Some("abc".to_owned()),
+        "REDIS_DB" => Some("x".to_owned()),
+        _ => None,
+    };
+    let store = RedisStore::new(RedisConfig::from_lookup(env).unwrap()).unwrap();
+    assert!(bounded(store.ping()).await.is_ok());
+    // Without REDIS_URL the same bad values are errors naming their variable.
+    let err = RedisConfig::from_lookup(|n| env(n).filter(|_| n != "REDIS_URL")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::InvalidVar {
+                var: "REDIS_PORT",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_at_start_answers_503_quickly_and_recovers_without_a_rebuild() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let store = store(&server); // constructed while Redis is down
+    let addr = serve(store.clone(), Gate::default()).await;
+    let client = client();
+
+    let started = Instant::now();
+    let reply = call(&client, addr, "GET", "/count", None).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    let body: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["error"], "session store unavailable");
+    assert!(started.elapsed() < TIMEOUT * 2 + Duration::from_millis(500));
+    let err = store.ping().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Unavailable {
+                backend: StoreKind::Redis,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let health = store.health().await;
+    assert_eq!(health.redis_healthy, Some(false));
+
+    server.restart();
+    // The very next call connects: a failed connect is not remembered.
+    let reply = call(&client, addr, "GET", "/count", None).await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "1"));
+    assert_eq!(store.health().await.redis_healthy, Some(true));
+
+    // Killed again while connected: errors, then the same store recovers after a restart.
+    server.kill();
+    assert!(store.ping().await.unwrap_err().is_unavailable());
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut failures = 0;
+    while store.ping().await.is_err() {
+        failures += 1;
+        assert!(Instant::now() < deadline, "no recovery after restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failures <= 1, "{failures} failed calls after the restart");
+}
+
+#[tokio::test]
+async fn a_frozen_redis_times_out_within_the_command_timeout() {
+    let server = RedisServer::start();
+    let connected = store(&server);
+    connected.ping().await.unwrap();
+    let fresh = store(&server);
+    server.pause();
+
+    let started = Instant::now();
+    let err = connected.load(&key()).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, StoreError::Timeout { .. }), "{err:?}");
+    assert!(took < TIMEOUT + Duration::from_millis(300), "{took:?}");
+
+    // A store that must connect first is bounded by the connect timeout instead.
+    let started = Instant::now();
+    let err = fresh.ping().await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(started.elapsed() < TIMEOUT * 2 + Duration::from_millis(300));
+
+    server.resume();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while connected.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "no recovery after SIGCONT");
+    }
+    fresh.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn corrupt_values_give_a_fresh_session_and_cleanup_removes_them() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let addr = serve(store.clone(), Gate::default()).await;
+    let client = client();
+
+    let planted = Token::generate();
+    let rkey = store.redis_key(&planted.store_key());
+    server.cli(&["SET", &rkey, "{not json"]);
+    let reply = call(&client, addr, "GET", "/count", Some(planted.as_str())).await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "1"));
+    let fresh = reply.cookie.expect("a fresh session");
+    assert_ne!(fresh, planted.as_str());
+    assert_eq!(server.cli(&["GET", &rkey]), "{not json", "left for cleanup");
+
+    // A value of the wrong type is ignored as well.
+    let hash_key = key();
+    server.cli(&["HSET", &store.redis_key(&hash_key), "a", "b"]);
+    assert!(store.load(&hash_key).await.unwrap().is_none());
+    // A save against a corrupt value treats it as gone rather than overwriting or merging.
+    let rec = record(Duration::from_secs(60), json!({}));
+    let saved = store
+        .save(
+            &planted.store_key(),
+            &sessionforge::store::Version::new("x"),
+            &rec,
+            &ChangeSet::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(saved, Saved::Gone);
+    // Keys under the prefix that are not shaped like store keys are not ours: left alone.
+    server.cli(&["SET", &format!("{PREFIX}foreign"), "hello"]);
+
+    let removed = store.cleanup().await.unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(server.cli(&["EXISTS", &rkey]), "0");
+    assert_eq!(server.cli(&["EXISTS", &store.redis_key(&hash_key)]), "0");
+    assert_eq!(server.cli(&["GET", &format!("{PREFIX}foreign")]), "hello");
+    assert_eq!(server.cli(&["EXISTS", &redis_key_of(&fresh)]), "1");
+}
+
+#[tokio::test]
+async fn count_and_list_page_through_live_sessions_and_cleanup_drops_stale_index_entries() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let now = SystemClock.now();
+    let mut live = HashSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..2_000u64 {
+        let (store, k) = (store.clone(), key());
+        live.insert(k.clone());
+        // Distinct expiries, plus a block of 300 sharing one (ties in the index).
+        let ttl = Duration::from_millis(60_000 + if i < 300 { 0 } else { i * 7 });
+        tasks.spawn(async move {
+            let mut rec = record(ttl, json!({"i": i}));
+            rec.expires = now.plus(ttl);
+            store.create(&k, &rec).await.unwrap();
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    // Already expired when created: Redis drops the value at once, and the create script's
+    // amortised trim drops the index entry in the same step.
+    let mut rec = record(Duration::from_secs(1), json!({}));
+    rec.expires = Timestamp::from_millis(now.as_millis() - 1_000);
+    store.create(&key(), &rec).await.unwrap();
+    assert_eq!(server.cli(&["ZCARD", store.index_key()]), "2000");
+    // Five that expire shortly: counted while alive, not after, index entries left for cleanup.
+    for _ in 0..5 {
+        store
+            .create(&key(), &record(Duration::from_millis(200), json!({})))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.count().await.unwrap(), 2_005);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.count().await.unwrap(), 2_000);
+
+    // Ten sessions deleted behind the store's back: orphaned index entries.
+    let orphans: Vec<StoreKey> = live.iter().take(10).cloned().collect();
+    for k in &orphans {
+        server.cli(&["DEL", &store.redis_key(k)]);
+        live.remove(k);
+    }
+    let mut seen = HashSet::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = store.list(cursor.as_deref(), 100).await.unwrap();
+        pages += 1;
+        assert!(page.sessions.len() <= 100);
+        let mut last = 0;
+        for s in &page.sessions {
+            assert!(seen.insert(s.id.clone()), "listed twice: {:?}", s.id);
+            assert!(s.expires.as_millis() >= last, "ordered by expiry");
+            last = s.expires.as_millis();
+            assert_eq!(s.user_agent.as_deref(), Some("test-agent"));
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        assert!(pages < 100, "paging does not end");
+    }
+    assert_eq!(seen, live, "every live session exactly once");
+    // The listing dropped the orphans it met; the expired entries go with cleanup.
+    assert_eq!(store.count().await.unwrap(), 1_990);
+    let removed = store.cleanup().await.unwrap();
+    assert_eq!(removed, 5, "the five expired index entries");
+    assert_eq!(server.cli(&["ZCARD", store.index_key()]), "1990");
+
+    // An orphan the listing never met is found by cleanup's sweep.
+    let k = live.iter().next().unwrap().clone();
+    server.cli(&["DEL", &store.redis_key(&k)]);
+    assert_eq!(store.cleanup().await.unwrap(), 1);
+    assert_eq!(store.count().await.unwrap(), 1_989);
+
+    // A cursor that is not one of ours is an error, not a panic.
+    assert!(store.list(Some("garbage"), 10).await.is_err());
+}
+
+#[tokio::test]
+async fn usage_info_and_health_come_from_the_server() {
+    let server =
+        RedisServer::with_args(&["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"]);
+    let store = store(&server);
+    assert_eq!(store.kind(), StoreKind::Redis);
+    match store.usage().await.unwrap() {
+        Usage::Redis {
+            used_memory,
+            used_memory_human,
+            maxmemory,
+            maxmemory_policy,
+        } => {
+            assert!(used_memory > 0);
+            assert!(!used_memory_human.is_empty());
+            assert_eq!(maxmemory, Some(64 * 1024 * 1024));
+            assert_eq!(maxmemory_policy.as_deref(), Some("volatile-lru"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let info = store.redis_info().await.unwrap().unwrap();
+    assert!(info["server"]["redis_version"].starts_with(|c: char| c.is_ascii_digit()));
+    assert_eq!(info["server"]["tcp_port"], server.port().to_string());
+    let health = store.health().await;
+    assert_eq!(health.serving, StoreKind::Redis);
+    assert_eq!(health.redis_healthy, Some(true));
+    assert!(store.ping().await.unwrap() < TIMEOUT);
+}
