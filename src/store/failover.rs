@@ -378,6 +378,18 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
     async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
         if !self.is_on_fallback() {
             match self.inner.primary.load(key).await {
+                Ok(Some(_)) if self.inner.migrating.load(Ordering::Acquire) => {
+                    // Failing back: the primary may hold a pre-outage copy while the fallback holds
+                    // the newer one written during the outage. Move that first (it replaces an older
+                    // primary copy), or this request would build on the stale one and migration
+                    // would then keep the stale one as the newer.
+                    self.migrate_one(key).await?;
+                    let l = self.inner.primary.load(key).await?;
+                    return Ok(l.map(|l| Loaded {
+                        record: l.record,
+                        version: tag(FROM_PRIMARY, l.version),
+                    }));
+                }
                 Ok(Some(l)) => {
                     return Ok(Some(Loaded {
                         record: l.record,
@@ -424,6 +436,11 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         if !self.is_on_fallback() {
+            if base.as_str().starts_with(FROM_FALLBACK) {
+                // Loaded from the fallback before a failback: move the fallback's copy (newer than any
+                // pre-outage copy in the primary) first, so the change lands on top of it.
+                self.migrate_one(key).await?;
+            }
             let v = untag(base, FROM_PRIMARY);
             match self.inner.primary.save(key, &v, ours, changes).await {
                 Ok(Saved::Gone) if base.as_str().starts_with(FROM_FALLBACK) => {
