@@ -138,7 +138,8 @@ async fn a_record_with_times_past_year_9999_is_listed_not_a_panic() {
 
 /// Sends `POST /incr` with the given raw header lines; answers status and body.
 async fn incr_with(addr: SocketAddr, headers: &[u8]) -> (u16, String) {
-    let mut req = b"POST /incr HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n".to_vec();
+    let mut req =
+        b"POST /incr HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n".to_vec();
     req.extend_from_slice(headers);
     req.extend_from_slice(b"\r\n");
     raw_http(addr, &req).await
@@ -180,7 +181,10 @@ async fn hostile_cookie_and_header_values_get_a_fresh_session_never_a_5xx() {
             (signed, format!("cookie: id={forged_sig}\r\n").into_bytes()),
             (signed, format!("cookie: id={other_key}\r\n").into_bytes()),
             (signed, format!("cookie: id={token}\r\n").into_bytes()),
-            (signed, format!("cookie: id={}\r\n", &good[..good.len() - 1]).into_bytes()),
+            (
+                signed,
+                format!("cookie: id={}\r\n", &good[..good.len() - 1]).into_bytes(),
+            ),
             (signed, format!("cookie: id={path_token}\r\n").into_bytes()),
             (plain, format!("cookie: id={path_token}\r\n").into_bytes()),
             (plain, b"cookie: id=\xc3\x28\xa0\xa1\r\n".to_vec()),
@@ -195,7 +199,10 @@ async fn hostile_cookie_and_header_values_get_a_fresh_session_never_a_5xx() {
                     .into_bytes(),
             ),
             (header, b"x-session-id: \xff\xfe\r\n".to_vec()),
-            (header, format!("x-session-id: {path_token}\r\n").into_bytes()),
+            (
+                header,
+                format!("x-session-id: {path_token}\r\n").into_bytes(),
+            ),
             (header, format!("x-session-id: {long}\r\n").into_bytes()),
             (
                 header,
@@ -218,7 +225,10 @@ async fn hostile_cookie_and_header_values_get_a_fresh_session_never_a_5xx() {
                 "{shown:?} -> {status}: {text}"
             );
             if status == 200 {
-                assert!(text.ends_with("\r\n\r\n1"), "{shown:?} reached data: {text}");
+                assert!(
+                    text.ends_with("\r\n\r\n1"),
+                    "{shown:?} reached data: {text}"
+                );
             }
         }
         // Forged, foreign-key and path-shaped tokens never reached the store as a lookup; only the
@@ -228,7 +238,10 @@ async fn hostile_cookie_and_header_values_get_a_fresh_session_never_a_5xx() {
             .into_iter()
             .filter(|c| matches!(c, Call::Load(_)))
             .count();
-        assert!(loads <= 1, "{loads} lookups for tokens the server never issued");
+        assert!(
+            loads <= 1,
+            "{loads} lookups for tokens the server never issued"
+        );
     })
     .await
 }
@@ -283,7 +296,10 @@ async fn odd_admin_methods_paths_queries_and_bodies_never_5xx_or_delete() {
             "GET /api/sessions/sessions?limit=-1 HTTP/1.1".into(),
             "GET /api/sessions/sessions?limit=99999999999999999999999 HTTP/1.1".into(),
             "GET /api/sessions/sessions?limit=0 HTTP/1.1".into(),
-            format!("GET /api/sessions/sessions?cursor={} HTTP/1.1", "c".repeat(5000)),
+            format!(
+                "GET /api/sessions/sessions?cursor={} HTTP/1.1",
+                "c".repeat(5000)
+            ),
             "TRACE /api/sessions/stats HTTP/1.1".into(),
             "CONNECT /api/sessions/stats HTTP/1.1".into(),
             "GET /api/sessions/sessions/%2F%2E%2E%2F HTTP/1.1".into(),

@@ -108,7 +108,7 @@ pub async fn send(
             .iter()
             .filter_map(|v| v.to_str().ok())
             .filter_map(|c| c.split(';').next()?.strip_prefix("id=").map(str::to_owned))
-            .last();
+            .next_back();
         // Read the body whole: the exchange is done only then.
         res.into_body().collect().await.ok()?;
         Some((status, set_cookie))
