@@ -332,7 +332,17 @@ impl RedisStore {
 
     /// Runs one command, script or pipeline under the command timeout.
     async fn exec<T: redis::FromRedisValue>(&self, op: Op<'_>) -> Result<T, StoreError> {
-        let (generation, mut conn) = self.conn().await?;
+        match self.exec_once(&op).await {
+            // An established connection was closed under us (a proxy's or Redis's idle timeout,
+            // `CLIENT KILL`, a restart): one more try on a fresh connection, so a dropped connection
+            // alone is not an outage. A Redis that is really gone refuses the reconnect at once.
+            Err(Attempt::Dropped(_)) => self.exec_once(&op).await.map_err(Attempt::into_error),
+            other => other.map_err(Attempt::into_error),
+        }
+    }
+
+    async fn exec_once<T: redis::FromRedisValue>(&self, op: &Op<'_>) -> Result<T, Attempt> {
+        let (generation, mut conn) = self.conn().await.map_err(Attempt::Failed)?;
         let after = self.inner.config.command_timeout;
         let fut = async {
             match op {
@@ -347,14 +357,18 @@ impl RedisStore {
                 if is_connection_problem(&e) {
                     self.reset(generation);
                 }
-                Err(map_error(e, after))
+                if e.is_connection_dropped() {
+                    Err(Attempt::Dropped(map_error(e, after)))
+                } else {
+                    Err(Attempt::Failed(map_error(e, after)))
+                }
             }
             Err(_) => {
                 self.reset(generation);
-                Err(StoreError::Timeout {
+                Err(Attempt::Failed(StoreError::Timeout {
                     backend: StoreKind::Redis,
                     after,
-                })
+                }))
             }
         }
     }
@@ -407,6 +421,22 @@ fn is_connection_problem(e: &RedisError) -> bool {
 }
 
 /// Refused, reset, dropped and other I/O errors: unavailable; timeouts: timeout; the rest: backend.
+/// How one attempt at a command failed.
+enum Attempt {
+    /// The connection was dropped: worth one retry on a new connection.
+    Dropped(StoreError),
+    /// Anything else.
+    Failed(StoreError),
+}
+
+impl Attempt {
+    fn into_error(self) -> StoreError {
+        match self {
+            Attempt::Dropped(e) | Attempt::Failed(e) => e,
+        }
+    }
+}
+
 fn map_error(e: RedisError, after: Duration) -> StoreError {
     if e.is_timeout() {
         StoreError::Timeout {
