@@ -48,6 +48,9 @@ use std::time::Duration;
 /// Most keys remembered as deleted during an outage (to delete from the primary at failback).
 const MAX_TOMBSTONES: usize = 100_000;
 
+/// Per-key migration locks (striped).
+const MIGRATE_LOCK_STRIPES: usize = 64;
+
 /// Which backend a loaded version came from, kept in the version's text.
 const FROM_PRIMARY: &str = "p:";
 const FROM_FALLBACK: &str = "f:";
@@ -62,6 +65,8 @@ struct Inner<P, F> {
     last_error: Mutex<Option<String>>,
     tombstones: Mutex<HashSet<StoreKey>>,
     failback: tokio::sync::Mutex<()>,
+    /// Striped per-key locks: one migration of a key at a time, and none while a request settles it.
+    migrate_locks: Vec<tokio::sync::Mutex<()>>,
     check_every: Duration,
     startup_timeout: Duration,
     recent: Mutex<Recent>,
@@ -194,6 +199,9 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                 last_error: Mutex::new(None),
                 tombstones: Mutex::new(HashSet::new()),
                 failback: tokio::sync::Mutex::new(()),
+                migrate_locks: (0..MIGRATE_LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
                 check_every: Duration::from_secs(5),
                 startup_timeout: Duration::from_secs(2),
                 recent: Mutex::new(Recent::new(10_000)),
@@ -410,6 +418,16 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
     /// Moves one session from the fallback into the primary, unless the primary holds a newer copy.
     /// Answers whether the primary now has it.
     async fn migrate_one(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        // Held from reading the fallback's copy to deleting it: a second migration of the key (the
+        // background pass and a request settling it) must not compare a stale snapshot with a write
+        // the first one let through. Timestamps alone cannot order writes in the same millisecond.
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            h.finish() as usize % MIGRATE_LOCK_STRIPES
+        };
+        let _one_at_a_time = self.inner.migrate_locks[stripe].lock().await;
         let Some(loaded) = self.inner.fallback.load(key).await? else {
             return Ok(false);
         };
@@ -417,8 +435,10 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
         if self.inner.primary.create(key, &rec).await? == Created::Exists {
             if let Some(current) = self.inner.primary.load(key).await? {
                 // The fallback's copy exists because the outage wrote it, so it wins unless the
-                // primary's is strictly newer: fast requests share milliseconds, and a tie with a
-                // pre-outage copy must not drop an acknowledged outage write.
+                // primary's is strictly newer (another instance wrote it meanwhile): fast requests
+                // share milliseconds, and a tie with a pre-outage copy must not drop an acknowledged
+                // outage write. (Requests for this key wait in `settle` while we hold its lock, so
+                // no write from this instance lands between our read and our write.)
                 if current.record.last_access <= rec.last_access {
                     let changes = ChangeSet {
                         cleared: true,
