@@ -240,13 +240,43 @@ impl Session {
         }
         let mut st = self.state().await?;
         let now = self.inner.config.clock.now();
+        let pending_increment = st.changes.increments.contains_key(key);
         let record = self.view(&mut st, now);
-        if record.data.get(key) == Some(&value) {
+        if record.data.get(key) == Some(&value) && !pending_increment {
             return Ok(());
         }
         record.data.insert(key.to_owned(), value.clone());
+        st.changes.increments.remove(key);
         st.changes.entries.insert(key.to_owned(), Some(value));
         Ok(())
+    }
+
+    /// Adds `by` (which may be negative) to the integer under `key` and answers the new value. A
+    /// missing or non-integer value counts as 0.
+    ///
+    /// Unlike reading, adding and inserting, the store applies the increment to the value it holds
+    /// when it saves: concurrent requests that each increment a counter all count.
+    ///
+    /// ```
+    /// # async fn handler(session: sessionforge::Session) -> Result<(), sessionforge::SessionError> {
+    /// let views = session.increment("views", 1).await?;
+    /// # let _ = views; Ok(()) }
+    /// ```
+    pub async fn increment(&self, key: &str, by: i64) -> Result<i64, SessionError> {
+        let mut st = self.state().await?;
+        let now = self.inner.config.clock.now();
+        let record = self.view(&mut st, now);
+        let value = crate::store::add_to(record.data.get(key), by);
+        record.data.insert(key.to_owned(), value.into());
+        let changes = &mut st.changes;
+        if let Some(set) = changes.entries.get_mut(key) {
+            // Set (or removed) earlier in this request: the new value is absolute.
+            *set = Some(value.into());
+        } else {
+            let total = changes.increments.entry(key.to_owned()).or_insert(0);
+            *total = total.saturating_add(by);
+        }
+        Ok(value)
     }
 
     /// Removes `key`, answering the value it had.
@@ -262,6 +292,7 @@ impl Session {
         let mut st = self.state().await?;
         let old = st.record.as_mut().and_then(|r| r.data.remove(key));
         if old.is_some() {
+            st.changes.increments.remove(key);
             st.changes.entries.insert(key.to_owned(), None);
         }
         Ok(old)
@@ -275,6 +306,7 @@ impl Session {
         }
         st.changes.cleared = true;
         st.changes.entries.clear();
+        st.changes.increments.clear();
         Ok(())
     }
 

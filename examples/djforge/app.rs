@@ -28,14 +28,9 @@ fn session_error(e: SessionError) -> Response {
 
 /// `GET /api/me`: who is logged in, and how many times this session has asked.
 async fn me(session: Session) -> Result<Json<Value>, Response> {
-    let visits: u64 = session
-        .get("visits")
-        .await
-        .map_err(session_error)?
-        .unwrap_or(0)
-        + 1;
-    session
-        .insert("visits", visits)
+    // An increment, not get + insert: concurrent requests (several tabs) all count.
+    let visits = session
+        .increment("visits", 1)
         .await
         .map_err(session_error)?;
     let user = session.user().await.map_err(session_error)?;

@@ -449,6 +449,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                             .collect(),
                         user: Some(rec.user.clone()),
                         deadline: Some(rec.deadline),
+                        ..Default::default()
                     };
                     self.inner
                         .primary

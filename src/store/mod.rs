@@ -136,12 +136,19 @@ pub struct ChangeSet {
     pub user: Option<Option<String>>,
     /// The absolute deadline was moved.
     pub deadline: Option<Timestamp>,
+    /// Integer keys increased (or decreased) by an amount: applied to the value the store holds when
+    /// it saves, so concurrent increments all count. Never holds a key that `entries` also holds.
+    pub increments: BTreeMap<String, i64>,
 }
 
 impl ChangeSet {
     /// Whether the change-set changes nothing.
     pub fn is_empty(&self) -> bool {
-        !self.cleared && self.entries.is_empty() && self.user.is_none() && self.deadline.is_none()
+        !self.cleared
+            && self.entries.is_empty()
+            && self.increments.is_empty()
+            && self.user.is_none()
+            && self.deadline.is_none()
     }
 
     /// Applies the change-set to `data`.
@@ -171,7 +178,18 @@ impl ChangeSet {
                 }
             }
         }
+        for (k, by) in &self.increments {
+            data.insert(k.clone(), Value::from(add_to(data.get(k), *by)));
+        }
     }
+}
+
+/// `current` (an integer, or nothing / anything else counting as 0) plus `by`, saturating.
+pub(crate) fn add_to(current: Option<&Value>, by: i64) -> i64 {
+    current
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        .saturating_add(by)
 }
 
 /// An opaque version of a stored record, handed out by `load` and given back to `save` so a store can
@@ -695,6 +713,27 @@ mod tests {
             after: Duration::from_secs(1),
         };
         assert_eq!(t.root_cause(), t.to_string());
+    }
+
+    #[test]
+    fn increments_apply_to_the_current_value_and_treat_others_as_zero() {
+        let mut data = json!({"n": 5, "s": "x"}).as_object().unwrap().clone();
+        let mut c = ChangeSet::default();
+        c.increments.insert("n".into(), 3);
+        c.increments.insert("s".into(), 2);
+        c.increments.insert("new".into(), -1);
+        assert!(!c.is_empty());
+        c.apply(&mut data);
+        assert_eq!(
+            Value::Object(data.clone()),
+            json!({"n": 8, "s": 2, "new": -1})
+        );
+        // A second writer's increment merged onto that counts too.
+        c.apply(&mut data);
+        assert_eq!(data["n"], 11);
+        let mut max = json!({"n": i64::MAX}).as_object().unwrap().clone();
+        c.apply(&mut max);
+        assert_eq!(max["n"], i64::MAX, "saturates");
     }
 
     #[test]
