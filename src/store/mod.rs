@@ -565,7 +565,10 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         changes: &'a ChangeSet,
     ) -> BoxFuture<'a, Result<Saved, StoreError>>;
     fn delete<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<bool, StoreError>>;
-    fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<Summary>, StoreError>>;
+    fn user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Summary>, StoreError>>;
     fn revoke_user_sessions<'a>(
         &'a self,
         user: &'a str,
@@ -625,7 +628,10 @@ impl<S: SessionStore> DynStore for S {
             SessionStore::delete(self, key),
         ))
     }
-    fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<Summary>, StoreError>> {
+    fn user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Summary>, StoreError>> {
         Box::pin(SessionStore::user_sessions(self, user))
     }
     fn revoke_user_sessions<'a>(

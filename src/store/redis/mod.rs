@@ -258,9 +258,9 @@ impl RedisStore {
     pub fn user_key(&self, user: &str) -> String {
         let readable = !user.is_empty()
             && user.len() <= 64
-            && user
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'));
+            && user.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-')
+            });
         if readable {
             format!("{}user:{user}", self.inner.config.prefix)
         } else {
@@ -693,8 +693,9 @@ impl RedisStore {
             let reply: Vec<redis::Value> = self.exec(Op::Script(&inv)).await?;
             let mut reply = reply.into_iter();
             let n: i64 = match reply.next() {
-                Some(v) => redis::FromRedisValue::from_redis_value(v)
-                    .map_err(|e| backend(format!("unexpected answer from the delete script: {e}")))?,
+                Some(v) => redis::FromRedisValue::from_redis_value(v).map_err(|e| {
+                    backend(format!("unexpected answer from the delete script: {e}"))
+                })?,
                 None => return Err(backend("empty answer from the delete script")),
             };
             if n >= 0 {
@@ -704,8 +705,9 @@ impl RedisStore {
                 return Ok(false);
             }
             let actual: Option<String> = match reply.next() {
-                Some(v) => redis::FromRedisValue::from_redis_value(v)
-                    .map_err(|e| backend(format!("unexpected answer from the delete script: {e}")))?,
+                Some(v) => redis::FromRedisValue::from_redis_value(v).map_err(|e| {
+                    backend(format!("unexpected answer from the delete script: {e}"))
+                })?,
                 None => None,
             };
             believed = actual.as_deref().and_then(parse_user_arg);
@@ -750,7 +752,8 @@ impl RedisStore {
             let mut inv = scripts().user_repair.prepare_invoke();
             inv.key(&ukey);
             for m in &gone {
-                inv.key(format!("{}{}", self.inner.config.prefix, m)).arg(*m);
+                inv.key(format!("{}{}", self.inner.config.prefix, m))
+                    .arg(*m);
             }
             // A failure here only delays the repair.
             if let Err(e) = self.exec::<u64>(Op::Script(&inv)).await {
