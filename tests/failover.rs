@@ -306,3 +306,29 @@ async fn shutdown_under_load_persists_every_acknowledged_change() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_not_an_outage() {
+    bounded(async {
+        let redis = RedisServer::start();
+        let app = app(redis.port()).await;
+        let mut b = Browser::new(app.addr);
+        for round in 1..=5u64 {
+            assert_eq!(b.post("/incr", "").await.body, round.to_string());
+            // What a proxy's idle timeout or an operator's CLIENT KILL does to our connection.
+            let killed: u64 = redis
+                .cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+                .parse()
+                .unwrap();
+            assert!(killed >= 1, "the store's connection was killed");
+        }
+        assert_eq!(b.post("/incr", "").await.body, "6");
+        assert!(!app.store.is_on_fallback());
+        assert_eq!(
+            app.store.transitions(),
+            0,
+            "no failover for a dropped connection"
+        );
+    })
+    .await
+}

@@ -302,3 +302,38 @@ async fn the_monitor_fails_back_by_itself_and_stops_at_shutdown() {
     let report = shutdown.drain(Duration::from_secs(2)).await;
     assert!(report.clean(), "{report:?}");
 }
+
+#[tokio::test]
+async fn an_outage_write_in_the_same_millisecond_as_the_primarys_copy_still_wins_at_failback() {
+    // A frozen clock: the write before the outage and the one during it share a timestamp, as fast
+    // requests do in real life. The outage's copy must not lose the comparison to the stale one.
+    let clock = sessionforge::expiry::ManualClock::starting_now();
+    let primary = Recording::new(MemoryStore::new().with_clock(clock.clone()));
+    let fallback = MemoryStore::new().with_clock(clock.clone());
+    let shutdown = Shutdown::new();
+    let store = FailoverStore::new(primary.clone(), fallback.clone())
+        .with_check_interval(Duration::from_secs(3600))
+        .start(&shutdown)
+        .await;
+    let app = Router::new()
+        .route(
+            "/incr",
+            post(|s: Session| async move {
+                let n: u64 = s.get("n").await?.unwrap_or(0) + 1;
+                s.insert("n", n).await?;
+                Ok::<_, SessionError>(n.to_string())
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()).with_clock(clock.clone()));
+    let mut b = Browser::new(serve(app).await);
+    assert_eq!(b.post("/incr", "").await.body, "1");
+    primary.fail.store(true, Ordering::SeqCst);
+    assert_eq!(b.post("/incr", "").await.body, "2");
+    assert!(store.is_on_fallback());
+    primary.fail.store(false, Ordering::SeqCst);
+    store.check_now().await;
+    assert!(!store.is_on_fallback());
+    let rec = primary.inner.load(&key(&b)).await.unwrap().unwrap().record;
+    assert_eq!(rec.data["n"], 2, "the acknowledged outage write was lost");
+    assert_eq!(b.post("/incr", "").await.body, "3");
+}

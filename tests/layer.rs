@@ -529,3 +529,12 @@ async fn readiness_and_errors_of_the_inner_service_pass_through() {
     let err = fut.await.unwrap_err();
     assert_eq!(err.to_string(), "inner failure");
 }
+
+#[tokio::test]
+async fn without_the_layer_the_extractor_says_what_is_missing() {
+    let router = Router::new().route("/", get(|s: Session| async move { format!("{s:?}") }));
+    let mut b = Browser::new(serve(router).await);
+    let r = b.get("/").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.body.contains("SessionLayer missing"), "{}", r.body);
+}

@@ -451,8 +451,10 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
         let rec = loaded.record;
         if self.inner.primary.create(key, &rec).await? == Created::Exists {
             if let Some(current) = self.inner.primary.load(key).await? {
-                if current.record.last_access < rec.last_access {
-                    // The fallback's copy is newer: it replaces the data the primary kept.
+                // The fallback's copy exists because the outage wrote it, so it wins unless the
+                // primary's is strictly newer: fast requests share milliseconds, and a tie with a
+                // pre-outage copy must not drop an acknowledged outage write.
+                if current.record.last_access <= rec.last_access {
                     let changes = ChangeSet {
                         cleared: true,
                         entries: rec

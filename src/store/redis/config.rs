@@ -102,6 +102,7 @@ pub struct RedisConfig {
     pub(crate) command_timeout: Duration,
     pub(crate) max_save_attempts: u32,
     pub(crate) clock: SharedClock,
+    pub(crate) tls_ca_cert: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -118,6 +119,7 @@ impl RedisConfig {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             max_save_attempts: DEFAULT_MAX_SAVE_ATTEMPTS,
             clock: Arc::new(SystemClock),
+            tls_ca_cert: None,
         })
     }
 
@@ -127,8 +129,29 @@ impl RedisConfig {
     }
 
     /// Settings from any source of variables: `lookup("REDIS_PORT")` answers the value, if set.
-    /// Empty values count as unset.
+    /// Empty values count as unset. `REDIS_TLS_CA_CERT`, when set, names a PEM file of root
+    /// certificates to trust instead of the system's (a private CA, a self-signed server).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let config = Self::url_from_lookup(&lookup)?;
+        match lookup("REDIS_TLS_CA_CERT").filter(|v| !v.trim().is_empty()) {
+            None => Ok(config),
+            Some(path) => {
+                let pem = std::fs::read(path.trim()).map_err(|e| ConfigError::InvalidVar {
+                    var: "REDIS_TLS_CA_CERT",
+                    reason: format!("cannot read {path:?}: {e}"),
+                })?;
+                if !config.tls() {
+                    return Err(ConfigError::InvalidVar {
+                        var: "REDIS_TLS_CA_CERT",
+                        reason: "set, but TLS is off (set REDIS_TLS=true or use rediss://)".into(),
+                    });
+                }
+                Ok(config.with_tls_ca_cert(pem))
+            }
+        }
+    }
+
+    fn url_from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         if let Some(url) = get("REDIS_URL") {
             return Self::new(url.trim()).map_err(|e| match e {
@@ -229,6 +252,13 @@ impl RedisConfig {
     /// How many merge-and-retry rounds a contended save may take before failing (default 32).
     pub fn with_max_save_attempts(mut self, attempts: u32) -> Self {
         self.max_save_attempts = attempts.max(1);
+        self
+    }
+
+    /// Trusts these root certificates (PEM) for `rediss://` instead of the system's: for a Redis
+    /// behind a private CA or with a self-signed certificate. Ignored without TLS.
+    pub fn with_tls_ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_cert = Some(pem.into());
         self
     }
 

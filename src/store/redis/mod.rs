@@ -196,10 +196,23 @@ impl RedisStore {
             // redis-rs's rustls needs a process-wide crypto provider; keep one the application chose.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| ConfigError::InvalidUrl {
-                reason: e.to_string(),
-            })?;
+        let invalid = |e: redis::RedisError| ConfigError::InvalidUrl {
+            reason: e.to_string(),
+        };
+        #[cfg(feature = "redis-tls")]
+        let client = match (&config.tls_ca_cert, config.tls()) {
+            (Some(pem), true) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            )
+            .map_err(invalid)?,
+            _ => redis::Client::open(config.url.as_str()).map_err(invalid)?,
+        };
+        #[cfg(not(feature = "redis-tls"))]
+        let client = redis::Client::open(config.url.as_str()).map_err(invalid)?;
         let index_key = format!("{}index", config.prefix);
         Ok(RedisStore {
             inner: Arc::new(Inner {
@@ -359,7 +372,17 @@ impl RedisStore {
 
     /// Runs one command, script or pipeline under the command timeout.
     async fn exec<T: redis::FromRedisValue>(&self, op: Op<'_>) -> Result<T, StoreError> {
-        let (generation, mut conn) = self.conn().await?;
+        match self.exec_once(&op).await {
+            // An established connection was closed under us (a proxy's or Redis's idle timeout,
+            // `CLIENT KILL`, a restart): one more try on a fresh connection, so a dropped connection
+            // alone is not an outage. A Redis that is really gone refuses the reconnect at once.
+            Err(Attempt::Dropped(_)) => self.exec_once(&op).await.map_err(Attempt::into_error),
+            other => other.map_err(Attempt::into_error),
+        }
+    }
+
+    async fn exec_once<T: redis::FromRedisValue>(&self, op: &Op<'_>) -> Result<T, Attempt> {
+        let (generation, mut conn) = self.conn().await.map_err(Attempt::Failed)?;
         let after = self.inner.config.command_timeout;
         let fut = async {
             match op {
@@ -374,14 +397,18 @@ impl RedisStore {
                 if is_connection_problem(&e) {
                     self.reset(generation);
                 }
-                Err(map_error(e, after))
+                if e.is_connection_dropped() {
+                    Err(Attempt::Dropped(map_error(e, after)))
+                } else {
+                    Err(Attempt::Failed(map_error(e, after)))
+                }
             }
             Err(_) => {
                 self.reset(generation);
-                Err(StoreError::Timeout {
+                Err(Attempt::Failed(StoreError::Timeout {
                     backend: StoreKind::Redis,
                     after,
-                })
+                }))
             }
         }
     }
@@ -434,6 +461,22 @@ fn is_connection_problem(e: &RedisError) -> bool {
 }
 
 /// Refused, reset, dropped and other I/O errors: unavailable; timeouts: timeout; the rest: backend.
+/// How one attempt at a command failed.
+enum Attempt {
+    /// The connection was dropped: worth one retry on a new connection.
+    Dropped(StoreError),
+    /// Anything else.
+    Failed(StoreError),
+}
+
+impl Attempt {
+    fn into_error(self) -> StoreError {
+        match self {
+            Attempt::Dropped(e) | Attempt::Failed(e) => e,
+        }
+    }
+}
+
 fn map_error(e: RedisError, after: Duration) -> StoreError {
     if e.is_timeout() {
         StoreError::Timeout {
