@@ -415,6 +415,41 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Deletes a session; `true` when there was one.
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The live sessions tied to `user` ([`Record::user`]): metadata only, never a token, oldest
+    /// (by creation) first. A store keeps whatever index this needs in step with its sessions (see
+    /// each store's docs); an unknown user has no sessions.
+    fn user_sessions(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Vec<Summary>, StoreError>> + Send;
+
+    /// Deletes every session tied to `user` except `keep` ("log out everywhere else"); answers how many
+    /// were deleted. The next request of a deleted session gets a fresh session, on any instance
+    /// sharing the store, and a save in flight for one of them writes nothing ([`Saved::Gone`]).
+    ///
+    /// The provided version lists ([`SessionStore::user_sessions`]) and deletes one by one; a store
+    /// overrides it when it can do better.
+    fn revoke_user_sessions(
+        &self,
+        user: &str,
+        keep: Option<&StoreKey>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move {
+            let mut deleted = 0;
+            for s in self.user_sessions(user).await? {
+                if Some(&s.id) != keep && self.delete(&s.id).await? {
+                    deleted += 1;
+                }
+            }
+            Ok(deleted)
+        }
+    }
+}
+
+/// Sorts a user's sessions the way [`SessionStore::user_sessions`] answers them: oldest first.
+pub(crate) fn sort_user_sessions(sessions: &mut [Summary]) {
+    sessions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
 }
 
 /// One entry of a session listing: metadata only, never a token.
@@ -548,6 +583,15 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         changes: &'a ChangeSet,
     ) -> BoxFuture<'a, Result<Saved, StoreError>>;
     fn delete<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Summary>, StoreError>>;
+    fn revoke_user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        keep: Option<&'a StoreKey>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
 
 pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -602,6 +646,19 @@ impl<S: SessionStore> DynStore for S {
             SessionStore::delete(self, key),
         ))
     }
+    fn user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Summary>, StoreError>> {
+        Box::pin(SessionStore::user_sessions(self, user))
+    }
+    fn revoke_user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        keep: Option<&'a StoreKey>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(SessionStore::revoke_user_sessions(self, user, keep))
+    }
 }
 
 impl<S: SessionStore> SessionStore for std::sync::Arc<S> {
@@ -629,6 +686,19 @@ impl<S: SessionStore> SessionStore for std::sync::Arc<S> {
     }
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).delete(key)
+    }
+    fn user_sessions(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Vec<Summary>, StoreError>> + Send {
+        (**self).user_sessions(user)
+    }
+    fn revoke_user_sessions(
+        &self,
+        user: &str,
+        keep: Option<&StoreKey>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).revoke_user_sessions(user, keep)
     }
 }
 
