@@ -413,6 +413,18 @@ impl RedisStore {
         }
     }
 
+    /// Removes `members` from the sorted set `set` (the index or a user set) where their session key
+    /// does not exist, checked atomically: a session created meanwhile under the same key stays.
+    async fn drop_stale<M: AsRef<str>>(&self, set: &str, members: &[M]) -> Result<u64, StoreError> {
+        let mut inv = scripts().repair.prepare_invoke();
+        inv.key(set);
+        for m in members {
+            inv.key(format!("{}{}", self.inner.config.prefix, m.as_ref()))
+                .arg(m.as_ref());
+        }
+        self.exec(Op::Script(&inv)).await
+    }
+
     /// Logs a corrupt or foreign value once per key (bounded memory), not on every request.
     fn warn_corrupt(&self, redis_key: &str, why: &dyn std::fmt::Display) {
         let first = match self.inner.warned.lock() {
@@ -792,14 +804,8 @@ impl RedisStore {
             }
         }
         if !gone.is_empty() {
-            let mut inv = scripts().user_repair.prepare_invoke();
-            inv.key(&ukey);
-            for m in &gone {
-                inv.key(format!("{}{}", self.inner.config.prefix, m))
-                    .arg(*m);
-            }
             // A failure here only delays the repair.
-            if let Err(e) = self.exec::<u64>(Op::Script(&inv)).await {
+            if let Err(e) = self.drop_stale(&ukey, &gone).await {
                 tracing::debug!(error = %e, "could not drop stale user-set entries");
             }
         }
@@ -867,10 +873,7 @@ impl RedisStore {
                     .map(|(m, _)| *m)
                     .collect();
                 if !gone.is_empty() {
-                    let n: u64 = self
-                        .exec(Op::Cmd(redis::cmd("ZREM").arg(self.index_key()).arg(&gone)))
-                        .await?;
-                    removed += n;
+                    removed += self.drop_stale(self.index_key(), &gone).await?;
                 }
             }
             if next == 0 {
@@ -1050,10 +1053,7 @@ impl ManagedStore for RedisStore {
         }
         if !gone.is_empty() {
             // Lazily drop index entries whose session is gone. A failure here only delays it.
-            let dropped: Result<u64, _> = self
-                .exec(Op::Cmd(redis::cmd("ZREM").arg(self.index_key()).arg(&gone)))
-                .await;
-            if let Err(e) = dropped {
+            if let Err(e) = self.drop_stale(self.index_key(), &gone).await {
                 tracing::debug!(error = %e, "could not drop stale index entries");
             }
         }
