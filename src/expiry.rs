@@ -57,9 +57,13 @@ impl Timestamp {
         Duration::from_millis(self.0.saturating_sub(now.0))
     }
 
-    /// RFC 3339 text, in UTC with milliseconds, as the admin API shows times.
+    /// RFC 3339 text, in UTC with milliseconds, as the admin API shows times. RFC 3339 ends at year
+    /// 9999: a later moment (only a corrupt or hostile stored record has one) shows as
+    /// `9999-12-31T23:59:59.999Z`.
     pub fn to_rfc3339(self) -> String {
-        let t = UNIX_EPOCH + Duration::from_millis(self.0);
+        /// 9999-12-31T23:59:59.999Z, the last moment RFC 3339 (and `humantime`) can write.
+        const LAST: u64 = 253_402_300_799_999;
+        let t = UNIX_EPOCH + Duration::from_millis(self.0.min(LAST));
         humantime::format_rfc3339_millis(t).to_string()
     }
 }
@@ -206,6 +210,18 @@ mod tests {
         assert_eq!(
             Timestamp::from_millis(1_752_360_300_000).to_rfc3339(),
             "2025-07-12T22:45:00.000Z"
+        );
+    }
+
+    #[test]
+    fn rfc3339_formatting_of_a_moment_past_year_9999_is_clamped_not_a_panic() {
+        assert_eq!(
+            Timestamp::from_millis(u64::MAX).to_rfc3339(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(253_402_300_800_000).to_string(),
+            "9999-12-31T23:59:59.999Z"
         );
     }
 }

@@ -334,6 +334,13 @@ impl SessionStore for FakeRedis {
         self.check()?;
         self.inner.delete(key).await
     }
+    async fn user_sessions(
+        &self,
+        user: &str,
+    ) -> Result<Vec<sessionforge::store::Summary>, StoreError> {
+        self.check()?;
+        self.inner.user_sessions(user).await
+    }
 }
 
 impl ManagedStore for FakeRedis {
@@ -1225,4 +1232,60 @@ fn the_prometheus_checker_rejects_malformed_text() {
         parse_prometheus("# TYPE x gauge\nx{a=\"b\"} 2.5\n").len(),
         1
     );
+}
+
+#[tokio::test]
+async fn cleanup_through_the_admin_api_removes_expired_session_files() {
+    use sessionforge::store::FileStore;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = sessionforge::expiry::ManualClock::starting_now();
+    let store = FileStore::new(dir.path()).with_clock(clock.clone());
+    let app = axum::Router::new()
+        .route(
+            "/touch",
+            axum::routing::post(|s: sessionforge::Session| async move {
+                s.insert("x", 1).await?;
+                Ok::<_, sessionforge::SessionError>("ok")
+            }),
+        )
+        .layer(
+            sessionforge::SessionLayer::new(store.clone())
+                .with_clock(clock.clone())
+                .with_idle_timeout(std::time::Duration::from_secs(60)),
+        )
+        .nest_service("/api/sessions", AdminService::new(store.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let post = |path: &str| {
+        let req = http::Request::post(format!("http://{addr}{path}"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let fut = client.request(req);
+        async move {
+            use http_body_util::BodyExt;
+            let res = fut.await.unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default()
+        }
+    };
+    post("/touch").await;
+    post("/touch").await;
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    let nothing = post("/api/sessions/cleanup").await;
+    assert_eq!(nothing["deletedSessions"], 0);
+    clock.advance(std::time::Duration::from_secs(61));
+    let cleaned = post("/api/sessions/cleanup").await;
+    assert_eq!(cleaned["success"], true);
+    assert_eq!(cleaned["deletedSessions"], 2, "{cleaned}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

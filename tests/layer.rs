@@ -1,6 +1,8 @@
 //! The session layer end to end: real Axum servers on loopback, a hand-held cookie, and stores that
 //! record every call.
 
+#[path = "support/apps.rs"]
+mod apps;
 #[path = "support/http.rs"]
 mod http_support;
 #[path = "support/recording.rs"]
@@ -21,23 +23,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn app(layer: SessionLayer) -> Router {
-    Router::new()
+    apps::counter()
         .route("/untouched", get(|| async { "hi" }))
-        .route(
-            "/read",
-            get(|s: Session| async move {
-                let n: u64 = s.get("n").await?.unwrap_or(0);
-                Ok::<_, SessionError>(n.to_string())
-            }),
-        )
-        .route(
-            "/incr",
-            post(|s: Session| async move {
-                let n: u64 = s.get("n").await?.unwrap_or(0) + 1;
-                s.insert("n", n).await?;
-                Ok::<_, SessionError>(n.to_string())
-            }),
-        )
         .route(
             "/set/{k}",
             post(|s: Session, Path(k): Path<String>| async move {
@@ -59,13 +46,6 @@ fn app(layer: SessionLayer) -> Router {
                 s.cycle_id().await?;
                 s.set_user(Some("alice".into())).await?;
                 Ok::<_, SessionError>("ok")
-            }),
-        )
-        .route(
-            "/logout",
-            post(|s: Session| async move {
-                s.destroy().await?;
-                Ok::<_, SessionError>("bye")
             }),
         )
         .route(
@@ -528,4 +508,60 @@ async fn readiness_and_errors_of_the_inner_service_pass_through() {
     send.send_error("inner failure");
     let err = fut.await.unwrap_err();
     assert_eq!(err.to_string(), "inner failure");
+}
+
+#[tokio::test]
+async fn without_the_layer_the_extractor_says_what_is_missing() {
+    let router = Router::new().route("/", get(|s: Session| async move { format!("{s:?}") }));
+    let mut b = Browser::new(serve(router).await);
+    let r = b.get("/").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.body.contains("SessionLayer missing"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn concurrent_increments_all_count_and_mix_with_sets_in_one_request() {
+    let store = MemoryStore::new();
+    let router = Router::new()
+        .route(
+            "/inc",
+            post(|s: Session| async move {
+                Ok::<_, SessionError>(s.increment("n", 1).await?.to_string())
+            }),
+        )
+        .route(
+            "/mix",
+            post(|s: Session| async move {
+                // +5, then set to 100, then +1: the request ends at an absolute 101.
+                s.increment("m", 5).await?;
+                s.insert("m", 100).await?;
+                let v = s.increment("m", 1).await?;
+                // An increment on a non-integer starts from 0.
+                s.insert("t", "text").await?;
+                let t = s.increment("t", -2).await?;
+                Ok::<_, SessionError>(format!("{v} {t}"))
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()));
+    let mut b = Browser::new(serve(router).await);
+    assert_eq!(b.post("/inc", "").await.body, "1");
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let mut c = b.clone();
+        tasks.push(tokio::spawn(async move { c.post("/inc", "").await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let key = Token::parse(b.cookie.as_ref().unwrap())
+        .unwrap()
+        .store_key();
+    let data = store.load(&key).await.unwrap().unwrap().record.data;
+    assert_eq!(data["n"], 65, "every one of 65 increments counted");
+    assert_eq!(b.post("/mix", "").await.body, "101 -2");
+    let data = store.load(&key).await.unwrap().unwrap().record.data;
+    assert_eq!(
+        (data["m"].clone(), data["t"].clone()),
+        (101.into(), (-2).into())
+    );
 }

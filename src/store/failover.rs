@@ -26,6 +26,10 @@
 //!   when Redis dies. Sessions this instance has not served since (another instance's, or ones pushed
 //!   out of the cache) cannot be read until Redis is back: their clients start fresh sessions. A
 //!   request that was loading a session as Redis went away keeps it too: its view is written to files.
+//! * With several instances, the cache only knows this instance's view: a session another instance
+//!   deleted (logout, revoke) shortly before the outage can be restored here from the cache. Where
+//!   that matters more than keeping users logged in through an outage, turn the cache off with
+//!   `with_recent_sessions(0)`.
 //! * After failback, sessions Redis kept (it was restarted with persistence, or only the network
 //!   failed) are reachable again, and so are the ones created during the outage. Sessions deleted during
 //!   the outage (logout, admin delete) are deleted from Redis too at failback, so they do not come back.
@@ -35,18 +39,21 @@
 
 use super::{
     ChangeSet, Created, Loaded, ManagedStore, Page, Record, RedisInfo, Saved, SessionStore,
-    StoreError, StoreHealth, StoreKind, Usage, Version,
+    StoreError, StoreHealth, StoreKind, Summary, Usage, Version,
 };
 use crate::id::StoreKey;
 use crate::metrics::{Event, Metrics};
 use crate::shutdown::Shutdown;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Most keys remembered as deleted during an outage (to delete from the primary at failback).
 const MAX_TOMBSTONES: usize = 100_000;
+
+/// Per-key migration locks (striped).
+const MIGRATE_LOCK_STRIPES: usize = 64;
 
 /// Which backend a loaded version came from, kept in the version's text.
 const FROM_PRIMARY: &str = "p:";
@@ -61,7 +68,12 @@ struct Inner<P, F> {
     transitions: AtomicU64,
     last_error: Mutex<Option<String>>,
     tombstones: Mutex<HashSet<StoreKey>>,
+    /// Users whose sessions were revoked during an outage (with the session kept, if any): their
+    /// sessions in the primary are revoked at failback, before the outage's sessions move back.
+    user_tombstones: Mutex<HashMap<String, Option<StoreKey>>>,
     failback: tokio::sync::Mutex<()>,
+    /// Striped per-key locks: one migration of a key at a time, and none while a request settles it.
+    migrate_locks: Vec<tokio::sync::Mutex<()>>,
     check_every: Duration,
     startup_timeout: Duration,
     recent: Mutex<Recent>,
@@ -119,6 +131,12 @@ impl Recent {
 
     fn remove(&mut self, key: &StoreKey) -> Option<Record> {
         self.map.remove(key).map(|(r, _)| r)
+    }
+
+    /// Forgets the user's sessions (revoked), except `keep`.
+    fn remove_user(&mut self, user: &str, keep: Option<&StoreKey>) {
+        self.map
+            .retain(|k, (r, _)| r.user.as_deref() != Some(user) || Some(k) == keep);
     }
 
     fn clear(&mut self) {
@@ -193,7 +211,11 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                 transitions: AtomicU64::new(0),
                 last_error: Mutex::new(None),
                 tombstones: Mutex::new(HashSet::new()),
+                user_tombstones: Mutex::new(HashMap::new()),
                 failback: tokio::sync::Mutex::new(()),
+                migrate_locks: (0..MIGRATE_LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
                 check_every: Duration::from_secs(5),
                 startup_timeout: Duration::from_secs(2),
                 recent: Mutex::new(Recent::new(10_000)),
@@ -390,6 +412,31 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
         }
+        let users: Vec<(String, Option<StoreKey>)> = self
+            .inner
+            .user_tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(u, k)| (u.clone(), k.clone()))
+            .collect();
+        for (user, keep) in users {
+            // Only sessions from before the outage are in the primary (nothing was written to it
+            // since): all of them were revoked. The outage's own sessions move over below.
+            self.inner
+                .primary
+                .revoke_user_sessions(&user, keep.as_ref())
+                .await?;
+            let mut t = self
+                .inner
+                .user_tombstones
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Unless revoked again meanwhile (with another session kept).
+            if t.get(&user) == Some(&keep) {
+                t.remove(&user);
+            }
+        }
         let mut moved = 0;
         let mut cursor: Option<String> = None;
         loop {
@@ -410,14 +457,28 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
     /// Moves one session from the fallback into the primary, unless the primary holds a newer copy.
     /// Answers whether the primary now has it.
     async fn migrate_one(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        // Held from reading the fallback's copy to deleting it: a second migration of the key (the
+        // background pass and a request settling it) must not compare a stale snapshot with a write
+        // the first one let through. Timestamps alone cannot order writes in the same millisecond.
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            h.finish() as usize % MIGRATE_LOCK_STRIPES
+        };
+        let _one_at_a_time = self.inner.migrate_locks[stripe].lock().await;
         let Some(loaded) = self.inner.fallback.load(key).await? else {
             return Ok(false);
         };
         let rec = loaded.record;
         if self.inner.primary.create(key, &rec).await? == Created::Exists {
             if let Some(current) = self.inner.primary.load(key).await? {
-                if current.record.last_access < rec.last_access {
-                    // The fallback's copy is newer: it replaces the data the primary kept.
+                // The fallback's copy exists because the outage wrote it, so it wins unless the
+                // primary's is strictly newer (another instance wrote it meanwhile): fast requests
+                // share milliseconds, and a tie with a pre-outage copy must not drop an acknowledged
+                // outage write. (Requests for this key wait in `settle` while we hold its lock, so
+                // no write from this instance lands between our read and our write.)
+                if current.record.last_access <= rec.last_access {
                     let changes = ChangeSet {
                         cleared: true,
                         entries: rec
@@ -427,6 +488,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                             .collect(),
                         user: Some(rec.user.clone()),
                         deadline: Some(rec.deadline),
+                        ..Default::default()
                     };
                     self.inner
                         .primary
@@ -449,6 +511,43 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
         Ok(())
     }
 
+    /// While failing back, whether a session the primary answered was deleted or revoked during the
+    /// outage and not yet removed from the primary (the failback does that, but requests are served
+    /// from the primary while it runs).
+    fn revoked_in_outage(&self, key: &StoreKey, record: &Record) -> bool {
+        if !self.inner.migrating.load(Ordering::Acquire) {
+            return false;
+        }
+        if self
+            .inner
+            .tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+        {
+            return true;
+        }
+        record.user.as_ref().is_some_and(|u| {
+            self.inner
+                .user_tombstones
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(u)
+                .is_some_and(|keep| keep.as_ref() != Some(key))
+        })
+    }
+
+    fn remember_revoked(&self, user: &str, keep: Option<&StoreKey>) {
+        let mut t = self
+            .inner
+            .user_tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if t.len() < MAX_TOMBSTONES || t.contains_key(user) {
+            t.insert(user.to_owned(), keep.cloned());
+        }
+    }
+
     fn remember_deleted(&self, key: &StoreKey) {
         let mut t = self
             .inner
@@ -466,6 +565,10 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
         if !self.is_on_fallback() {
             self.settle(key).await?;
             match self.inner.primary.load(key).await {
+                Ok(Some(l)) if self.revoked_in_outage(key, &l.record) => {
+                    self.inner.primary.delete(key).await?;
+                    return Ok(None);
+                }
                 Ok(Some(l)) => {
                     self.recent().put(key, l.record.clone());
                     return Ok(Some(Loaded {
@@ -564,6 +667,56 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
         }
         self.remember_deleted(key);
         self.inner.fallback.delete(key).await
+    }
+
+    /// From the backend serving now. While failing back, the sessions still waiting in the fallback
+    /// are listed too (their fallback copy is the newer one).
+    async fn user_sessions(&self, user: &str) -> Result<Vec<Summary>, StoreError> {
+        if !self.is_on_fallback() {
+            match self.inner.primary.user_sessions(user).await {
+                Ok(mut sessions) => {
+                    if self.inner.migrating.load(Ordering::Acquire) {
+                        let waiting = self.inner.fallback.user_sessions(user).await?;
+                        sessions.retain(|s| !waiting.iter().any(|w| w.id == s.id));
+                        sessions.extend(waiting);
+                        super::sort_user_sessions(&mut sessions);
+                    }
+                    return Ok(sessions);
+                }
+                Err(e) if e.is_unavailable() => self.note_failure(&e),
+                Err(e) => return Err(e),
+            }
+        }
+        self.inner.fallback.user_sessions(user).await
+    }
+
+    /// Revokes in both backends (the fallback may hold sessions waiting to move back) and forgets the
+    /// user's sessions in the recent-sessions cache, so no later outage restores one. During an outage
+    /// the user is remembered, and the sessions the primary still holds (which cannot be listed now)
+    /// are revoked at failback, before any of them can be served again.
+    async fn revoke_user_sessions(
+        &self,
+        user: &str,
+        keep: Option<&StoreKey>,
+    ) -> Result<u64, StoreError> {
+        self.recent().remove_user(user, keep);
+        if !self.is_on_fallback() {
+            match self.inner.primary.revoke_user_sessions(user, keep).await {
+                Ok(n) => {
+                    let waiting = self
+                        .inner
+                        .fallback
+                        .revoke_user_sessions(user, keep)
+                        .await
+                        .unwrap_or(0);
+                    return Ok(n + waiting);
+                }
+                Err(e) if e.is_unavailable() => self.note_failure(&e),
+                Err(e) => return Err(e),
+            }
+        }
+        self.remember_revoked(user, keep);
+        self.inner.fallback.revoke_user_sessions(user, keep).await
     }
 }
 

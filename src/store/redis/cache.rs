@@ -127,6 +127,26 @@ impl AsyncPushSender for Invalidator {
     }
 }
 
+/// Drops a key from the cache when it goes (see `RedisStore::uncache_after`).
+pub(super) struct Uncache<'a> {
+    cache: Option<&'a ReadCache>,
+    key: &'a str,
+}
+
+impl<'a> Uncache<'a> {
+    pub(super) fn new(cache: Option<&'a ReadCache>, key: &'a str) -> Self {
+        Uncache { cache, key }
+    }
+}
+
+impl Drop for Uncache<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.cache {
+            c.invalidate(self.key);
+        }
+    }
+}
+
 fn invalidate(st: &mut State, key: &str) {
     st.seq += 1;
     st.stats.invalidations += 1;
@@ -324,7 +344,8 @@ impl ReadCache {
     }
 
     /// `GET key` on the tracking connection, with the [`Ticket`] to [`ReadCache::finish`] it with.
-    /// `None` when the tracking connection is not available (load through the main connection).
+    /// `None` when the tracking connection is not available or just failed (load through the main
+    /// connection). A timeout is answered as such, not tried again: no load waits twice.
     pub(super) async fn fetch(
         self: &Arc<Self>,
         key: &str,
@@ -336,13 +357,14 @@ impl ReadCache {
         let get = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
         let answer = match tokio::time::timeout(self.command_timeout, get).await {
             Ok(Ok(raw)) => Ok(raw),
-            Ok(Err(e)) => {
-                if is_connection_problem(&e) {
-                    // Invalidations may have been lost with the connection.
-                    self.drop_link(generation);
-                }
-                Err(map_error(e, self.command_timeout))
+            Ok(Err(e)) if is_connection_problem(&e) => {
+                // Invalidations may have been lost with the connection: forget it and everything
+                // cached, and let the main connection (with its reconnect-and-retry) answer this load.
+                self.finish(ticket, None);
+                self.drop_link(generation);
+                return None;
             }
+            Ok(Err(e)) => Err(map_error(e, self.command_timeout)),
             Err(_) => {
                 self.drop_link(generation);
                 Err(StoreError::Timeout {

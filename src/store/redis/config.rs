@@ -102,6 +102,7 @@ pub struct RedisConfig {
     pub(crate) command_timeout: Duration,
     pub(crate) max_save_attempts: u32,
     pub(crate) clock: SharedClock,
+    pub(crate) tls_ca_cert: Option<Vec<u8>>,
     /// Sessions kept by the client-side read cache; 0: off.
     pub(crate) read_cache: usize,
 }
@@ -120,6 +121,7 @@ impl RedisConfig {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             max_save_attempts: DEFAULT_MAX_SAVE_ATTEMPTS,
             clock: Arc::new(SystemClock),
+            tls_ca_cert: None,
             read_cache: 0,
         })
     }
@@ -130,8 +132,29 @@ impl RedisConfig {
     }
 
     /// Settings from any source of variables: `lookup("REDIS_PORT")` answers the value, if set.
-    /// Empty values count as unset.
+    /// Empty values count as unset. `REDIS_TLS_CA_CERT`, when set, names a PEM file of root
+    /// certificates to trust instead of the system's (a private CA, a self-signed server).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let config = Self::url_from_lookup(&lookup)?;
+        match lookup("REDIS_TLS_CA_CERT").filter(|v| !v.trim().is_empty()) {
+            None => Ok(config),
+            Some(path) => {
+                let pem = std::fs::read(path.trim()).map_err(|e| ConfigError::InvalidVar {
+                    var: "REDIS_TLS_CA_CERT",
+                    reason: format!("cannot read {path:?}: {e}"),
+                })?;
+                if !config.tls() {
+                    return Err(ConfigError::InvalidVar {
+                        var: "REDIS_TLS_CA_CERT",
+                        reason: "set, but TLS is off (set REDIS_TLS=true or use rediss://)".into(),
+                    });
+                }
+                Ok(config.with_tls_ca_cert(pem))
+            }
+        }
+    }
+
+    fn url_from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         if let Some(url) = get("REDIS_URL") {
             return Self::new(url.trim()).map_err(|e| match e {
@@ -235,11 +258,19 @@ impl RedisConfig {
         self
     }
 
+    /// Trusts these root certificates (PEM) for `rediss://` instead of the system's: for a Redis
+    /// behind a private CA or with a self-signed certificate. Ignored without TLS.
+    pub fn with_tls_ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_cert = Some(pem.into());
+        self
+    }
+
     /// Keeps up to `sessions` recently loaded sessions in this process, kept correct by Redis itself:
     /// a second connection speaks RESP3 with `CLIENT TRACKING` on, and Redis tells it the moment any
     /// client changes, deletes or expires a cached session (default 0: off). A load of a cached
     /// session then costs no round trip; writes are unchanged. Needs Redis 6 or later; where tracking
-    /// is refused the store logs a warning and loads uncached. See the store's docs for the guarantees.
+    /// is refused the store logs a warning and loads uncached. See [`RedisStore`](super::RedisStore)
+    /// for the guarantees.
     pub fn with_read_cache(mut self, sessions: usize) -> Self {
         self.read_cache = sessions;
         self

@@ -59,7 +59,7 @@ pub use config::{
 
 use super::{
     ChangeSet, Created, Loaded, ManagedStore, Page, Record, RedisInfo, Saved, SessionStore,
-    StoreError, StoreHealth, StoreKind, Usage, Version,
+    StoreError, StoreHealth, StoreKind, Summary, Usage, Version,
 };
 use crate::id::StoreKey;
 use crate::metrics::{Event, Metrics};
@@ -160,6 +160,8 @@ enum SaveReply {
     Gone,
     Saved,
     Changed(Vec<u8>),
+    /// The stored value belongs to this user (not the one the call named).
+    WrongUser(Option<String>),
 }
 
 impl redis::FromRedisValue for SaveReply {
@@ -176,6 +178,10 @@ impl redis::FromRedisValue for SaveReply {
             (2, Some(cur)) => Ok(SaveReply::Changed(redis::FromRedisValue::from_redis_value(
                 cur,
             )?)),
+            (3, Some(user)) => {
+                let user: String = redis::FromRedisValue::from_redis_value(user)?;
+                Ok(SaveReply::WrongUser(parse_user_arg(&user)))
+            }
             _ => Err("unexpected answer from the save script".into()),
         }
     }
@@ -194,18 +200,27 @@ impl RedisStore {
             // redis-rs's rustls needs a process-wide crypto provider; keep one the application chose.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| ConfigError::InvalidUrl {
-                reason: e.to_string(),
-            })?;
+        let invalid = |e: redis::RedisError| ConfigError::InvalidUrl {
+            reason: e.to_string(),
+        };
+        #[cfg(feature = "redis-tls")]
+        let client = match (&config.tls_ca_cert, config.tls()) {
+            (Some(pem), true) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            )
+            .map_err(invalid)?,
+            _ => redis::Client::open(config.url.as_str()).map_err(invalid)?,
+        };
+        #[cfg(not(feature = "redis-tls"))]
+        let client = redis::Client::open(config.url.as_str()).map_err(invalid)?;
         let index_key = format!("{}index", config.prefix);
         let cache = match config.read_cache {
             0 => None,
-            n => Some(cache::ReadCache::new(&client, &config, n).map_err(|e| {
-                ConfigError::InvalidUrl {
-                    reason: e.to_string(),
-                }
-            })?),
+            n => Some(cache::ReadCache::new(&client, &config, n).map_err(invalid)?),
         };
         Ok(RedisStore {
             inner: Arc::new(Inner {
@@ -245,17 +260,50 @@ impl RedisStore {
         &self.inner.index_key
     }
 
+    /// The Redis key of `user`'s session set: `<prefix>user:<user>` for ids of at most 64 characters
+    /// from `A-Z a-z 0-9 . _ @ + -` (readable in `redis-cli`), `<prefix>user:#<sha1 hex of the id>`
+    /// for any other id (bounded length, no separators or glob characters from client input; `#` never
+    /// appears in a readable id, so the two forms cannot collide). Neither form can be a session key
+    /// (store keys have no `:`).
+    ///
+    /// The set holds the store keys of the user's sessions scored by their expiry (milliseconds since
+    /// the epoch); its own TTL follows its latest member's expiry.
+    ///
+    /// ```
+    /// use sessionforge::store::redis::{RedisConfig, RedisStore};
+    ///
+    /// let store = RedisStore::new(RedisConfig::new("redis://127.0.0.1:6379")?.with_prefix("app:"))?;
+    /// assert_eq!(store.user_key("alice@example.com"), "app:user:alice@example.com");
+    /// assert_eq!(store.user_key("a b").len(), "app:user:#".len() + 40);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn user_key(&self, user: &str) -> String {
+        let readable = !user.is_empty()
+            && user.len() <= 64
+            && user.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-')
+            });
+        if readable {
+            format!("{}user:{user}", self.inner.config.prefix)
+        } else {
+            format!(
+                "{}user:#{}",
+                self.inner.config.prefix,
+                sha1_smol::Sha1::from(user.as_bytes()).digest()
+            )
+        }
+    }
+
     /// What the client-side read cache has done so far; `None` when it is off.
     pub fn read_cache_stats(&self) -> Option<ReadCacheStats> {
         self.inner.cache.as_ref().map(|c| c.stats())
     }
 
-    /// Drops a session this process just wrote or deleted from the read cache, so its next load reads
-    /// Redis even if the invalidation message is still on its way.
-    fn uncache(&self, rkey: &str) {
-        if let Some(c) = &self.inner.cache {
-            c.invalidate(rkey);
-        }
+    /// Drops `rkey` from the read cache when the returned guard goes (however the write ends), so
+    /// this process's next load of a session it wrote or deleted reads Redis even if the
+    /// invalidation message is still on its way.
+    fn uncache_after<'a>(&'a self, rkey: &'a str) -> cache::Uncache<'a> {
+        cache::Uncache::new(self.inner.cache.as_deref(), rkey)
     }
 
     /// Sends `PING` and answers the round-trip time (connecting first if needed). Bounded by the
@@ -345,7 +393,17 @@ impl RedisStore {
 
     /// Runs one command, script or pipeline under the command timeout.
     async fn exec<T: redis::FromRedisValue>(&self, op: Op<'_>) -> Result<T, StoreError> {
-        let (generation, mut conn) = self.conn().await?;
+        match self.exec_once(&op).await {
+            // An established connection was closed under us (a proxy's or Redis's idle timeout,
+            // `CLIENT KILL`, a restart): one more try on a fresh connection, so a dropped connection
+            // alone is not an outage. A Redis that is really gone refuses the reconnect at once.
+            Err(Attempt::Dropped(_)) => self.exec_once(&op).await.map_err(Attempt::into_error),
+            other => other.map_err(Attempt::into_error),
+        }
+    }
+
+    async fn exec_once<T: redis::FromRedisValue>(&self, op: &Op<'_>) -> Result<T, Attempt> {
+        let (generation, mut conn) = self.conn().await.map_err(Attempt::Failed)?;
         let after = self.inner.config.command_timeout;
         let fut = async {
             match op {
@@ -360,16 +418,32 @@ impl RedisStore {
                 if is_connection_problem(&e) {
                     self.reset(generation);
                 }
-                Err(map_error(e, after))
+                if e.is_connection_dropped() {
+                    Err(Attempt::Dropped(map_error(e, after)))
+                } else {
+                    Err(Attempt::Failed(map_error(e, after)))
+                }
             }
             Err(_) => {
                 self.reset(generation);
-                Err(StoreError::Timeout {
+                Err(Attempt::Failed(StoreError::Timeout {
                     backend: StoreKind::Redis,
                     after,
-                })
+                }))
             }
         }
+    }
+
+    /// Removes `members` from the sorted set `set` (the index or a user set) where their session key
+    /// does not exist, checked atomically: a session created meanwhile under the same key stays.
+    async fn drop_stale<M: AsRef<str>>(&self, set: &str, members: &[M]) -> Result<u64, StoreError> {
+        let mut inv = scripts().repair.prepare_invoke();
+        inv.key(set);
+        for m in members {
+            inv.key(format!("{}{}", self.inner.config.prefix, m.as_ref()))
+                .arg(m.as_ref());
+        }
+        self.exec(Op::Script(&inv)).await
     }
 
     /// Logs a corrupt or foreign value once per key (bounded memory), not on every request.
@@ -420,6 +494,22 @@ fn is_connection_problem(e: &RedisError) -> bool {
 }
 
 /// Refused, reset, dropped and other I/O errors: unavailable; timeouts: timeout; the rest: backend.
+/// How one attempt at a command failed.
+enum Attempt {
+    /// The connection was dropped: worth one retry on a new connection.
+    Dropped(StoreError),
+    /// Anything else.
+    Failed(StoreError),
+}
+
+impl Attempt {
+    fn into_error(self) -> StoreError {
+        match self {
+            Attempt::Dropped(e) | Attempt::Failed(e) => e,
+        }
+    }
+}
+
 fn map_error(e: RedisError, after: Duration) -> StoreError {
     if e.is_timeout() {
         StoreError::Timeout {
@@ -485,9 +575,9 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
-        let created = self.create_inner(key, record).await;
-        self.uncache(&self.redis_key(key));
-        created
+        let rkey = self.redis_key(key);
+        let _uncache = self.uncache_after(&rkey);
+        self.create_uncached(key, record).await
     }
 
     async fn save(
@@ -497,15 +587,49 @@ impl SessionStore for RedisStore {
         ours: &Record,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
-        let saved = self.save_inner(key, base, ours, changes).await;
-        self.uncache(&self.redis_key(key));
-        saved
+        let rkey = self.redis_key(key);
+        let _uncache = self.uncache_after(&rkey);
+        self.save_uncached(key, base, ours, changes).await
     }
 
+    /// One script call for a session without a user; a session with one costs a second call (the
+    /// first one finds out whose set to update: see the scripts' docs).
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let deleted = self.delete_inner(key).await;
-        self.uncache(&self.redis_key(key));
-        deleted
+        self.delete_as(key, None, false).await
+    }
+
+    /// Prunes the user's set (expired members), reads the members' sessions, and lazily drops members
+    /// whose session key is gone. At most [`MAX_USER_SESSIONS`] sessions, soonest expiry first.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<Summary>, StoreError> {
+        let mut sessions = self.user_page(user, MAX_USER_SESSIONS).await?;
+        super::sort_user_sessions(&mut sessions);
+        Ok(sessions)
+    }
+
+    /// Deletes each listed session with its user named, in one script call each: a session whose user
+    /// changed since the listing is left alone (it is someone else's now).
+    async fn revoke_user_sessions(
+        &self,
+        user: &str,
+        keep: Option<&StoreKey>,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        // Rounds until a round finds nothing more to delete (a user with more sessions than one
+        // listing holds), bounded.
+        for _ in 0..64 {
+            let batch = self.user_page(user, REVOKE_BATCH).await?;
+            let mut round = 0;
+            for s in &batch {
+                if Some(&s.id) != keep && self.delete_as(&s.id, Some(user), true).await? {
+                    round += 1;
+                }
+            }
+            deleted += round;
+            if round == 0 || batch.len() < REVOKE_BATCH {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 }
 
@@ -543,7 +667,11 @@ impl RedisStore {
         }
     }
 
-    async fn create_inner(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
+    async fn create_uncached(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+    ) -> Result<Created, StoreError> {
         let mut inv = scripts().create.prepare_invoke();
         inv.key(self.redis_key(key))
             .key(self.index_key())
@@ -552,6 +680,9 @@ impl RedisStore {
             .arg(record.expires.as_millis())
             .arg(key.as_str())
             .arg(self.now_ms());
+        if let Some(user) = &record.user {
+            inv.key(self.user_key(user));
+        }
         let stored: i64 = self.exec(Op::Script(&inv)).await?;
         Ok(if stored == 1 {
             Created::Created
@@ -560,7 +691,7 @@ impl RedisStore {
         })
     }
 
-    async fn save_inner(
+    async fn save_uncached(
         &self,
         key: &StoreKey,
         base: &Version,
@@ -584,19 +715,48 @@ impl RedisStore {
         .ok();
         let mut expected = base.clone();
         let mut record = ours.clone();
+        // The user the stored value belongs to, when known. Unless this request changed the user,
+        // it is the loaded one, which `ours` still carries (and the digest check proves it is still
+        // stored). When it changed, the script checks the stored JSON and answers the right one.
+        let mut stored_user: Option<Option<String>> = match &changes.user {
+            None => Some(ours.user.clone()),
+            Some(_) => None,
+        };
         let mut attempt = 0u32;
-        for _ in 0..self.inner.config.max_save_attempts {
+        let mut wrong_user_guesses = 0;
+        while attempt < self.inner.config.max_save_attempts {
             let mut inv = scripts().save.prepare_invoke();
-            inv.key(&rkey)
-                .key(self.index_key())
-                .arg(expected.as_str())
+            let believed = stored_user.clone().flatten();
+            let new_user = record.user.clone();
+            inv.key(&rkey).key(self.index_key());
+            if let Some(u) = &believed {
+                inv.key(self.user_key(u));
+            }
+            if let Some(u) = new_user.as_ref().filter(|u| Some(*u) != believed.as_ref()) {
+                inv.key(self.user_key(u));
+            }
+            inv.arg(expected.as_str())
                 .arg(record.to_json())
                 .arg(self.ttl_ms(&record))
                 .arg(record.expires.as_millis())
-                .arg(key.as_str());
+                .arg(key.as_str())
+                .arg(user_arg(believed.as_deref()))
+                .arg(user_arg(new_user.as_deref()))
+                .arg(if stored_user.is_none() { "1" } else { "0" })
+                .arg(self.now_ms());
             match self.exec::<SaveReply>(Op::Script(&inv)).await? {
                 SaveReply::Saved => return Ok(Saved::Saved),
                 SaveReply::Gone => return Ok(Saved::Gone),
+                SaveReply::WrongUser(actual) => {
+                    // Not a conflict: the stored value is the one we expected, only its user was not
+                    // known here. Name the right set and go again at once (bounded).
+                    stored_user = Some(actual);
+                    wrong_user_guesses += 1;
+                    if wrong_user_guesses > 2 {
+                        break;
+                    }
+                    continue;
+                }
                 SaveReply::Changed(current) => {
                     Metrics::global().count(Event::SaveConflict);
                     let Ok(mut merged) = Record::from_json(&current) else {
@@ -605,6 +765,8 @@ impl RedisStore {
                         self.warn_corrupt(&rkey, &"corrupt value found while saving");
                         return Ok(Saved::Gone);
                     };
+                    // The value we now expect is `current`, whose user is exactly known.
+                    stored_user = Some(merged.user.clone());
                     merged.merge(changes, ours);
                     expected = version_of(&current);
                     record = merged;
@@ -626,16 +788,114 @@ impl RedisStore {
             self.inner.config.max_save_attempts
         )))
     }
+}
 
-    async fn delete_inner(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let mut inv = scripts().delete.prepare_invoke();
-        inv.key(self.redis_key(key))
-            .key(self.index_key())
-            .arg(key.as_str());
-        let n: i64 = self.exec(Op::Script(&inv)).await?;
-        Ok(n > 0)
+/// A user as the scripts take it: `''` for none, `'=' .. user` otherwise.
+fn user_arg(user: Option<&str>) -> String {
+    user.map_or_else(String::new, |u| format!("={u}"))
+}
+
+/// A user as the scripts answer it.
+fn parse_user_arg(v: &str) -> Option<String> {
+    v.strip_prefix('=').map(str::to_owned)
+}
+
+impl RedisStore {
+    /// Deletes a session, naming `user` as its stored user. When the session belongs to someone else:
+    /// with `strict`, nothing is deleted (`false`); otherwise the right set is named and the delete
+    /// goes again.
+    async fn delete_as(
+        &self,
+        key: &StoreKey,
+        user: Option<&str>,
+        strict: bool,
+    ) -> Result<bool, StoreError> {
+        let rkey = self.redis_key(key);
+        let _uncache = self.uncache_after(&rkey);
+        let mut believed: Option<String> = user.map(str::to_owned);
+        for _ in 0..3 {
+            let mut inv = scripts().delete.prepare_invoke();
+            inv.key(self.redis_key(key)).key(self.index_key());
+            if let Some(u) = &believed {
+                inv.key(self.user_key(u));
+            }
+            inv.arg(key.as_str())
+                .arg(user_arg(believed.as_deref()))
+                .arg(self.now_ms());
+            let reply: Vec<redis::Value> = self.exec(Op::Script(&inv)).await?;
+            let mut reply = reply.into_iter();
+            let n: i64 = match reply.next() {
+                Some(v) => redis::FromRedisValue::from_redis_value(v).map_err(|e| {
+                    backend(format!("unexpected answer from the delete script: {e}"))
+                })?,
+                None => return Err(backend("empty answer from the delete script")),
+            };
+            if n >= 0 {
+                return Ok(n > 0);
+            }
+            if strict {
+                return Ok(false);
+            }
+            let actual: Option<String> = match reply.next() {
+                Some(v) => redis::FromRedisValue::from_redis_value(v).map_err(|e| {
+                    backend(format!("unexpected answer from the delete script: {e}"))
+                })?,
+                None => None,
+            };
+            believed = actual.as_deref().and_then(parse_user_arg);
+        }
+        Err(backend(
+            "delete kept finding a different user on the session (concurrent user changes)",
+        ))
+    }
+
+    /// Up to `limit` of the user's live sessions, repairing the set on the way.
+    async fn user_page(&self, user: &str, limit: usize) -> Result<Vec<Summary>, StoreError> {
+        let ukey = self.user_key(user);
+        let mut inv = scripts().user_list.prepare_invoke();
+        inv.key(&ukey).arg(self.now_ms()).arg(limit);
+        let members: Vec<String> = self.exec(Op::Script(&inv)).await?;
+        let now = self.inner.config.clock.now();
+        let mut sessions = Vec::with_capacity(members.len());
+        let mut gone: Vec<&String> = Vec::new();
+        for chunk in members.chunks(USER_MGET_CHUNK) {
+            let names: Vec<String> = chunk
+                .iter()
+                .map(|m| format!("{}{}", self.inner.config.prefix, m))
+                .collect();
+            let values: Vec<Option<Vec<u8>>> =
+                self.exec(Op::Cmd(redis::cmd("MGET").arg(&names))).await?;
+            for ((member, name), value) in chunk.iter().zip(&names).zip(values) {
+                let Ok(id) = StoreKey::parse(member) else {
+                    gone.push(member);
+                    continue;
+                };
+                match value.map(|v| Record::from_json(&v)) {
+                    None => gone.push(member),
+                    Some(Ok(r)) if !r.is_expired(now) && r.user.as_deref() == Some(user) => {
+                        sessions.push(r.summary(id))
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => self.warn_corrupt(name, &e),
+                }
+            }
+        }
+        if !gone.is_empty() {
+            // A failure here only delays the repair.
+            if let Err(e) = self.drop_stale(&ukey, &gone).await {
+                tracing::debug!(error = %e, "could not drop stale user-set entries");
+            }
+        }
+        Ok(sessions)
     }
 }
+
+/// The most sessions [`SessionStore::user_sessions`] answers for one user.
+pub const MAX_USER_SESSIONS: usize = 10_000;
+/// Sessions listed per round of a revoke.
+const REVOKE_BATCH: usize = 1000;
+/// Session values fetched per `MGET` when listing a user's sessions.
+const USER_MGET_CHUNK: usize = 500;
 
 /// Number of striped save locks (a few tens of KiB; collisions between sessions are rare).
 const SAVE_LOCK_STRIPES: usize = 1024;
@@ -690,10 +950,7 @@ impl RedisStore {
                     .map(|(m, _)| *m)
                     .collect();
                 if !gone.is_empty() {
-                    let n: u64 = self
-                        .exec(Op::Cmd(redis::cmd("ZREM").arg(self.index_key()).arg(&gone)))
-                        .await?;
-                    removed += n;
+                    removed += self.drop_stale(self.index_key(), &gone).await?;
                 }
             }
             if next == 0 {
@@ -743,9 +1000,7 @@ impl RedisStore {
                         }
                     };
                     if corrupt {
-                        let mut inv = scripts().delete.prepare_invoke();
-                        inv.key(*rkey).key(self.index_key()).arg(id.as_str());
-                        let n: u64 = self.exec(Op::Script(&inv)).await?;
+                        let n = u64::from(self.delete_as(id, None, false).await?);
                         if n > 0 {
                             tracing::info!(key = %rkey, "cleanup removed a corrupt session value");
                         }
@@ -875,10 +1130,7 @@ impl ManagedStore for RedisStore {
         }
         if !gone.is_empty() {
             // Lazily drop index entries whose session is gone. A failure here only delays it.
-            let dropped: Result<u64, _> = self
-                .exec(Op::Cmd(redis::cmd("ZREM").arg(self.index_key()).arg(&gone)))
-                .await;
-            if let Err(e) = dropped {
+            if let Err(e) = self.drop_stale(self.index_key(), &gone).await {
                 tracing::debug!(error = %e, "could not drop stale index entries");
             }
         }
