@@ -41,20 +41,30 @@ pub fn command_calls(redis: &RedisServer) -> BTreeMap<String, u64> {
     out
 }
 
-/// `MEMORY USAGE` summed over every key (sessions plus any index), and the number of keys whose name
-/// does not end in `index`: bytes per session = total / sessions.
+/// `MEMORY USAGE` summed over every key (sessions plus any index or per-user set), the number of
+/// session keys (strings), and the bytes of the non-string keys (index, sets): bytes per session =
+/// total / sessions.
 pub fn memory_per_session(redis: &RedisServer) -> (u64, u64) {
-    const SCRIPT: &str = "local t, n = 0, 0 \
+    let (total, sessions, _) = memory_breakdown(redis);
+    (total, sessions)
+}
+
+/// As [`memory_per_session`], with the bytes held by non-string keys (indexes) third.
+pub fn memory_breakdown(redis: &RedisServer) -> (u64, u64, u64) {
+    const SCRIPT: &str = "local t, n, x = 0, 0, 0 \
         for _, k in ipairs(redis.call('KEYS', '*')) do \
-          t = t + (redis.call('MEMORY', 'USAGE', k, 'SAMPLES', '0') or 0) \
-          if string.sub(k, -5) ~= 'index' then n = n + 1 end \
+          local m = redis.call('MEMORY', 'USAGE', k, 'SAMPLES', '0') or 0 \
+          t = t + m \
+          if redis.call('TYPE', k).ok == 'string' then n = n + 1 else x = x + m end \
         end \
-        return {t, n}";
+        return {t, n, x}";
     let out = redis.cli(&["EVAL", SCRIPT, "0"]);
     let mut nums = out.lines().filter_map(|l| l.trim().parse::<u64>().ok());
-    let total = nums.next().unwrap_or(0);
-    let sessions = nums.next().unwrap_or(0);
-    (total, sessions)
+    (
+        nums.next().unwrap_or(0),
+        nums.next().unwrap_or(0),
+        nums.next().unwrap_or(0),
+    )
 }
 
 /// One stored value, for showing what a session looks like.

@@ -103,6 +103,7 @@ struct Cell {
     detail: String,
     bytes: Vec<f64>,
     sample: String,
+    index_bytes: Vec<f64>,
 }
 
 fn main() {
@@ -134,7 +135,7 @@ fn main() {
                 let stats = driver::run(server.addr, clients, workload, duration);
                 let calls = probe::command_calls(&redis);
                 let (per, detail) = probe::per_request(&calls, stats.requests);
-                let (bytes, sessions) = probe::memory_per_session(&redis);
+                let (bytes, sessions, index_bytes) = probe::memory_breakdown(&redis);
                 let cell = cells.entry((lib, wi)).or_default();
                 cell.rps.push(stats.rps());
                 cell.p50.push(stats.percentile_ms(0.5));
@@ -144,6 +145,7 @@ fn main() {
                 cell.detail = detail;
                 if sessions > 0 {
                     cell.bytes.push(bytes as f64 / sessions as f64);
+                    cell.index_bytes.push(index_bytes as f64 / sessions as f64);
                 }
                 if cell.sample.is_empty() {
                     cell.sample = probe::sample_value(&redis);
@@ -196,10 +198,39 @@ fn main() {
             );
         }
     }
+    // Bytes per session at a larger population: 1,000 sessions, where Redis no longer keeps a
+    // sorted set in its compact encoding (more than 128 members).
+    println!();
+    for &lib in &libs {
+        probe::reset(&redis);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = match lib {
+            Lib::SfRedis => Server::start(Mode::Redis, Some(redis.url()), dir.path().into()),
+            Lib::SfCached => Server::start(Mode::RedisCached, Some(redis.url()), dir.path().into()),
+            Lib::TowerSessions => tower_sessions_server(redis.url()),
+        };
+        for _ in 0..4 {
+            driver::run(server.addr, 250, Workload::Write, Duration::from_millis(50));
+        }
+        drop(server);
+        let (bytes, sessions, index) = probe::memory_breakdown(&redis);
+        println!(
+            "{} at {sessions} sessions: {:.0} bytes/session, of which {:.0} in indexes",
+            lib.name(),
+            bytes as f64 / sessions.max(1) as f64,
+            index as f64 / sessions.max(1) as f64
+        );
+    }
     println!();
     for lib in libs {
         if let Some(c) = cells.get(&(lib, 0)) {
-            println!("{} stores: {}", lib.name(), c.sample.replace('\n', " | "));
+            println!(
+                "{}: {} bytes/session of which {} in indexes; a stored session: {}",
+                lib.name(),
+                median_spread(&c.bytes, 0).1,
+                median_spread(&c.index_bytes, 0).1,
+                c.sample.replace('\n', " | ")
+            );
         }
     }
 }
