@@ -1,9 +1,9 @@
 //! The Redis store against a real Redis Cluster (3 masters, 3 replicas) and a real Sentinel set-up,
 //! all on loopback ports.
 
-mod support;
 #[path = "support/cluster.rs"]
 mod cluster;
+mod support;
 
 use cluster::{RedisCluster, SentinelSetup};
 

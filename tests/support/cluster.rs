@@ -169,7 +169,10 @@ impl RedisCluster {
     pub fn wait_replicated(&self, master: usize, replica: usize) {
         let deadline = Instant::now() + FORM_DEADLINE;
         loop {
-            let m = offset(&self.nodes[master].cli(&["INFO", "replication"]), "master_repl_offset");
+            let m = offset(
+                &self.nodes[master].cli(&["INFO", "replication"]),
+                "master_repl_offset",
+            );
             let r = offset(
                 &self.nodes[replica].cli(&["INFO", "replication"]),
                 "slave_repl_offset",
@@ -317,8 +320,8 @@ impl SentinelSetup {
                 s.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME])
                     .contains(&new_port)
             });
-            let promoted = inline(self.servers[new].port(), "ROLE")
-                .is_some_and(|r| r.contains("master"));
+            let promoted =
+                inline(self.servers[new].port(), "ROLE").is_some_and(|r| r.contains("master"));
             let demoted =
                 inline(self.servers[old].port(), "ROLE").is_some_and(|r| r.contains("slave"));
             if named && promoted && demoted {

@@ -47,71 +47,38 @@
 //!   hash slot; this store talks to a single Redis (or a replicated primary). See the connection notes
 //!   in the source for how a cluster connection fits.
 
+mod cluster;
 mod config;
+mod layout;
 mod scripts;
+mod topology;
 
 pub use config::{
-    ConfigError, RedisConfig, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    ConfigError, NodeAddr, RedisConfig, Topology, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_SAVE_ATTEMPTS, DEFAULT_PREFIX, TLS_FEATURE,
 };
 
 use super::{
-    ChangeSet, Created, Loaded, ManagedStore, Page, Record, RedisInfo, Saved, SessionStore,
-    StoreError, StoreHealth, StoreKind, Usage, Version,
+    ChangeSet, Created, Loaded, ManagedStore, NodeHealth, Page, Record, RedisInfo, RedisNodeInfo,
+    Saved, SessionStore, StoreError, StoreHealth, StoreKind, Usage, Version,
 };
 use crate::id::StoreKey;
 use crate::metrics::{Event, Metrics};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ScriptInvocation, ServerErrorKind};
+use layout::Layout;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, ScriptInvocation, ServerErrorKind};
 use scripts::scripts;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-/// How the store reaches Redis. One variant today; a cluster or sentinel client becomes another
-/// variant here (and in [`Conn`]) without touching the store's logic, which only needs
-/// [`ConnectionLike`].
-enum Connector {
-    /// One server (or a primary behind a stable address).
-    Single(redis::Client),
-}
-
-/// An open connection, cheap to clone (requests are multiplexed over it).
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-        }
-    }
-}
+use topology::{Conn, Connector};
 
 /// What to send: a command, a script or a pipeline.
 enum Op<'a> {
     Cmd(&'a Cmd),
     Script(&'a ScriptInvocation<'a>),
     Pipe(&'a Pipeline),
+    /// A command for one cluster node (`host:port`); the one server when not a cluster.
+    OnNode(&'a str, &'a Cmd),
 }
 
 struct Inner {
@@ -122,7 +89,8 @@ struct Inner {
     generation: std::sync::atomic::AtomicU64,
     /// One connect at a time; the others wait for it.
     connecting: tokio::sync::Mutex<()>,
-    index_key: String,
+    /// Where sessions and their index entries live (sharded in cluster mode).
+    layout: Layout,
     /// Striped locks that take this process's concurrent saves of one session in turn, so a burst of
     /// requests on one session costs each at most one merge round instead of colliding again and
     /// again. Writers in other processes are still handled optimistically by the save script.
@@ -190,32 +158,16 @@ impl RedisStore {
             // redis-rs's rustls needs a process-wide crypto provider; keep one the application chose.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let invalid = |e: redis::RedisError| ConfigError::InvalidUrl {
-            reason: e.to_string(),
-        };
-        #[cfg(feature = "redis-tls")]
-        let client = match (&config.tls_ca_cert, config.tls()) {
-            (Some(pem), true) => redis::Client::build_with_tls(
-                config.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            )
-            .map_err(invalid)?,
-            _ => redis::Client::open(config.url.as_str()).map_err(invalid)?,
-        };
-        #[cfg(not(feature = "redis-tls"))]
-        let client = redis::Client::open(config.url.as_str()).map_err(invalid)?;
-        let index_key = format!("{}index", config.prefix);
+        let connector = Connector::new(&config)?;
+        let layout = Layout::new(&config.prefix, connector.is_cluster());
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 config,
-                connector: Connector::Single(client),
+                connector,
                 conn: RwLock::new(None),
                 generation: Default::default(),
                 connecting: tokio::sync::Mutex::new(()),
-                index_key,
+                layout,
                 save_locks: (0..SAVE_LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -234,15 +186,23 @@ impl RedisStore {
         &self.inner.config
     }
 
-    /// The Redis key of a session: `<prefix><store key>`.
+    /// The Redis key of a session: `<prefix><store key>`; in cluster mode
+    /// `<prefix>{<c>}<store key>`, `<c>` being the store key's first character (its hash tag).
     pub fn redis_key(&self, key: &StoreKey) -> String {
-        format!("{}{}", self.inner.config.prefix, key.as_str())
+        self.inner.layout.session_key(key)
     }
 
     /// The Redis key of the listing index: `<prefix>index`, a sorted set of store keys scored by
-    /// expiry (milliseconds since the epoch).
+    /// expiry (milliseconds since the epoch). In cluster mode the index is sharded and this is the
+    /// first shard; see [`RedisStore::index_key_for`].
     pub fn index_key(&self) -> &str {
-        &self.inner.index_key
+        &self.inner.layout.indexes()[0]
+    }
+
+    /// The index that holds `key`: `<prefix>index`, or `<prefix>{<c>}index` in cluster mode (the
+    /// same hash slot as the session, so one script can change both).
+    pub fn index_key_for(&self, key: &StoreKey) -> &str {
+        self.inner.layout.index_of(key.as_str())
     }
 
     /// Sends `PING` and answers the round-trip time (connecting first if needed). Bounded by the
@@ -291,20 +251,9 @@ impl RedisStore {
             return Ok(c);
         }
         let cfg = &self.inner.config;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.command_timeout))
-            // One attempt per reconnect: our callers have deadlines, and the next call tries again.
-            .set_number_of_retries(0);
-        let conn = match &self.inner.connector {
-            Connector::Single(client) => {
-                ConnectionManager::new_with_config(client.clone(), manager_config)
-                    .await
-                    .map(Conn::Single)
-            }
-        };
+        let conn = self.inner.connector.connect(cfg).await;
         let conn = conn.map_err(|e| {
-            tracing::debug!(error = %e, url = %cfg.redacted_url(), "cannot connect to Redis");
+            tracing::debug!(error = %e, redis = %cfg, "cannot connect to Redis");
             if e.is_timeout() {
                 StoreError::Timeout {
                     backend: StoreKind::Redis,
@@ -326,7 +275,7 @@ impl RedisStore {
         if let Ok(mut slot) = self.inner.conn.write() {
             *slot = Some((generation, conn.clone()));
         }
-        tracing::debug!(url = %cfg.redacted_url(), "connected to Redis");
+        tracing::debug!(redis = %cfg, "connected to Redis");
         Ok((generation, conn))
     }
 
@@ -349,6 +298,10 @@ impl RedisStore {
                 Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
                 Op::Script(inv) => inv.invoke_async(&mut conn).await,
                 Op::Pipe(pipe) => pipe.query_async(&mut conn).await,
+                Op::OnNode(addr, cmd) => conn
+                    .on_node(addr, cmd)
+                    .await
+                    .and_then(|v| redis::from_redis_value(v).map_err(Into::into)),
             }
         };
         match tokio::time::timeout(after, fut).await {
@@ -507,7 +460,7 @@ impl SessionStore for RedisStore {
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
         let mut inv = scripts().create.prepare_invoke();
         inv.key(self.redis_key(key))
-            .key(self.index_key())
+            .key(self.index_key_for(key))
             .arg(record.to_json())
             .arg(self.ttl_ms(record))
             .arg(record.expires.as_millis())
@@ -549,7 +502,7 @@ impl SessionStore for RedisStore {
         for _ in 0..self.inner.config.max_save_attempts {
             let mut inv = scripts().save.prepare_invoke();
             inv.key(&rkey)
-                .key(self.index_key())
+                .key(self.index_key_for(key))
                 .arg(expected.as_str())
                 .arg(record.to_json())
                 .arg(self.ttl_ms(&record))
@@ -591,7 +544,7 @@ impl SessionStore for RedisStore {
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let mut inv = scripts().delete.prepare_invoke();
         inv.key(self.redis_key(key))
-            .key(self.index_key())
+            .key(self.index_key_for(key))
             .arg(key.as_str());
         let n: i64 = self.exec(Op::Script(&inv)).await?;
         Ok(n > 0)
@@ -611,83 +564,106 @@ impl RedisStore {
     async fn trim_expired(&self) -> Result<u64, StoreError> {
         let now = self.now_ms();
         let mut removed = 0u64;
-        loop {
-            let mut inv = scripts().trim.prepare_invoke();
-            inv.key(self.index_key()).arg(now).arg(SWEEP_BATCH);
-            let n: u64 = self.exec(Op::Script(&inv)).await?;
-            removed += n;
-            if (n as usize) < SWEEP_BATCH {
-                return Ok(removed);
+        for index in self.inner.layout.indexes() {
+            loop {
+                let mut inv = scripts().trim.prepare_invoke();
+                inv.key(index).arg(now).arg(SWEEP_BATCH);
+                let n: u64 = self.exec(Op::Script(&inv)).await?;
+                removed += n;
+                if (n as usize) < SWEEP_BATCH {
+                    break;
+                }
             }
         }
+        Ok(removed)
     }
 
     /// Removes index entries whose session is gone (evicted, deleted behind the store's back).
     async fn sweep_orphans(&self) -> Result<u64, StoreError> {
-        let mut cursor: u64 = 0;
+        let layout = &self.inner.layout;
         let mut removed = 0u64;
-        loop {
-            let (next, items): (u64, Vec<String>) = self
-                .exec(Op::Cmd(
-                    redis::cmd("ZSCAN")
-                        .arg(self.index_key())
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(SWEEP_BATCH),
-                ))
-                .await?;
-            let members: Vec<&String> = items.iter().step_by(2).collect();
-            if !members.is_empty() {
-                let mut pipe = redis::pipe();
-                for m in &members {
-                    pipe.cmd("EXISTS")
-                        .arg(format!("{}{}", self.inner.config.prefix, m));
+        for index in layout.indexes() {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, items): (u64, Vec<String>) = self
+                    .exec(Op::Cmd(
+                        redis::cmd("ZSCAN")
+                            .arg(index)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(SWEEP_BATCH),
+                    ))
+                    .await?;
+                let members: Vec<&String> = items.iter().step_by(2).collect();
+                if !members.is_empty() {
+                    // One pipeline per index: in cluster mode its sessions share its hash slot.
+                    let mut pipe = redis::pipe();
+                    for m in &members {
+                        pipe.cmd("EXISTS").arg(layout.session_key_of(m));
+                    }
+                    let exists: Vec<i64> = self.exec(Op::Pipe(&pipe)).await?;
+                    let gone: Vec<&String> = members
+                        .iter()
+                        .zip(exists)
+                        .filter(|(_, e)| *e == 0)
+                        .map(|(m, _)| *m)
+                        .collect();
+                    if !gone.is_empty() {
+                        let n: u64 = self
+                            .exec(Op::Cmd(redis::cmd("ZREM").arg(index).arg(&gone)))
+                            .await?;
+                        removed += n;
+                    }
                 }
-                let exists: Vec<i64> = self.exec(Op::Pipe(&pipe)).await?;
-                let gone: Vec<&String> = members
-                    .iter()
-                    .zip(exists)
-                    .filter(|(_, e)| *e == 0)
-                    .map(|(m, _)| *m)
-                    .collect();
-                if !gone.is_empty() {
-                    let n: u64 = self
-                        .exec(Op::Cmd(redis::cmd("ZREM").arg(self.index_key()).arg(&gone)))
-                        .await?;
-                    removed += n;
+                if next == 0 {
+                    break;
                 }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
         }
+        Ok(removed)
     }
 
-    /// Deletes values under the prefix that are not session records (SCAN, in batches).
+    /// Deletes values under the prefix that are not session records (SCAN, in batches, on every
+    /// master in cluster mode).
     async fn sweep_corrupt(&self) -> Result<u64, StoreError> {
-        let prefix = &self.inner.config.prefix;
-        let pattern = format!("{}*", glob_escape(prefix));
+        let nodes: Vec<Option<String>> = if self.inner.layout.sharded() {
+            self.cluster_masters()
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
+        let mut removed = 0u64;
+        for node in &nodes {
+            removed += self.sweep_corrupt_on(node.as_deref()).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn sweep_corrupt_on(&self, node: Option<&str>) -> Result<u64, StoreError> {
+        let layout = &self.inner.layout;
+        let pattern = format!("{}*", glob_escape(&self.inner.config.prefix));
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .exec(Op::Cmd(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SWEEP_BATCH),
-                ))
-                .await?;
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SWEEP_BATCH)
+                .clone();
+            let (next, keys): (u64, Vec<String>) = match node {
+                Some(addr) => self.exec(Op::OnNode(addr, &scan)).await?,
+                None => self.exec(Op::Cmd(&scan)).await?,
+            };
             // Only keys shaped like store keys are ours; the index and foreign keys are left alone.
             let ours: Vec<(&String, StoreKey)> = keys
                 .iter()
-                .filter_map(|k| {
-                    let id = k.strip_prefix(prefix.as_str())?;
-                    StoreKey::parse(id).ok().map(|id| (k, id))
-                })
+                .filter_map(|k| layout.store_key_of(k).map(|id| (k, id)))
                 .collect();
             if !ours.is_empty() {
                 let names: Vec<&String> = ours.iter().map(|(k, _)| *k).collect();
@@ -705,7 +681,9 @@ impl RedisStore {
                     };
                     if corrupt {
                         let mut inv = scripts().delete.prepare_invoke();
-                        inv.key(*rkey).key(self.index_key()).arg(id.as_str());
+                        inv.key(*rkey)
+                            .key(layout.index_of(id.as_str()))
+                            .arg(id.as_str());
                         let n: u64 = self.exec(Op::Script(&inv)).await?;
                         if n > 0 {
                             tracing::info!(key = %rkey, "cleanup removed a corrupt session value");
@@ -759,6 +737,9 @@ impl ManagedStore for RedisStore {
 
     /// `ZCOUNT <prefix>index (now +inf`: O(log n).
     async fn count(&self) -> Result<u64, StoreError> {
+        if self.inner.layout.sharded() {
+            return self.cluster_count().await;
+        }
         self.exec(Op::Cmd(
             redis::cmd("ZCOUNT")
                 .arg(self.index_key())
@@ -786,20 +767,23 @@ impl ManagedStore for RedisStore {
                 parsed.ok_or(StoreError::InvalidCursor)?
             }
         };
-        let mut inv = scripts().page.prepare_invoke();
-        inv.key(self.index_key())
-            .arg(self.now_ms())
-            .arg(limit + 1)
-            .arg(score)
-            .arg(member);
-        let flat: Vec<String> = self.exec(Op::Script(&inv)).await?;
-        let entries: Vec<(String, u64)> = flat
-            .chunks(2)
-            .filter_map(|p| match p {
-                [m, s] => s.parse::<f64>().ok().map(|s| (m.clone(), s as u64)),
-                _ => None,
-            })
-            .collect();
+        let entries: Vec<(String, u64)> = if self.inner.layout.sharded() {
+            self.cluster_page(&score, &member, limit + 1).await?
+        } else {
+            let mut inv = scripts().page.prepare_invoke();
+            inv.key(self.index_key())
+                .arg(self.now_ms())
+                .arg(limit + 1)
+                .arg(score)
+                .arg(member);
+            let flat: Vec<String> = self.exec(Op::Script(&inv)).await?;
+            flat.chunks(2)
+                .filter_map(|p| match p {
+                    [m, s] => s.parse::<f64>().ok().map(|s| (m.clone(), s as u64)),
+                    _ => None,
+                })
+                .collect()
+        };
         let more = entries.len() > limit;
         let shown = &entries[..entries.len().min(limit)];
         let next_cursor = if more {
@@ -815,7 +799,7 @@ impl ManagedStore for RedisStore {
         }
         let names: Vec<String> = shown
             .iter()
-            .map(|(m, _)| format!("{}{}", self.inner.config.prefix, m))
+            .map(|(m, _)| self.inner.layout.session_key_of(m))
             .collect();
         let values: Vec<Option<Vec<u8>>> =
             self.exec(Op::Cmd(redis::cmd("MGET").arg(&names))).await?;
@@ -834,10 +818,18 @@ impl ManagedStore for RedisStore {
                 Some(Err(e)) => self.warn_corrupt(name, &e),
             }
         }
-        if !gone.is_empty() {
-            // Lazily drop index entries whose session is gone. A failure here only delays it.
+        // Lazily drop index entries whose session is gone (one ZREM per index). A failure here
+        // only delays it.
+        let mut by_index: std::collections::BTreeMap<&str, Vec<&String>> = Default::default();
+        for m in &gone {
+            by_index
+                .entry(self.inner.layout.index_of(m))
+                .or_default()
+                .push(m);
+        }
+        for (index, members) in by_index {
             let dropped: Result<u64, _> = self
-                .exec(Op::Cmd(redis::cmd("ZREM").arg(self.index_key()).arg(&gone)))
+                .exec(Op::Cmd(redis::cmd("ZREM").arg(index).arg(&members)))
                 .await;
             if let Err(e) = dropped {
                 tracing::debug!(error = %e, "could not drop stale index entries");
@@ -860,6 +852,9 @@ impl ManagedStore for RedisStore {
     }
 
     async fn health(&self) -> StoreHealth {
+        if self.inner.layout.sharded() {
+            return self.cluster_health().await;
+        }
         match self.ping().await {
             Ok(rtt) => StoreHealth {
                 serving: StoreKind::Redis,
@@ -879,6 +874,9 @@ impl ManagedStore for RedisStore {
     /// `INFO memory`, with `CONFIG GET` for the limits when `INFO` lacks them (managed Redis often
     /// forbids `CONFIG`: then they are `None`).
     async fn usage(&self) -> Result<Usage, StoreError> {
+        if self.inner.layout.sharded() {
+            return self.cluster_usage().await;
+        }
         let text: String = self.exec(Op::Cmd(redis::cmd("INFO").arg("memory"))).await?;
         let info = parse_info(&text);
         let mem = info.get("memory").cloned().unwrap_or_default();
@@ -914,8 +912,25 @@ impl ManagedStore for RedisStore {
     }
 
     async fn redis_info(&self) -> Result<Option<RedisInfo>, StoreError> {
+        if self.inner.layout.sharded() {
+            return self.cluster_info().await.map(Some);
+        }
         let text: String = self.exec(Op::Cmd(&redis::cmd("INFO"))).await?;
         Ok(Some(parse_info(&text)))
+    }
+
+    async fn node_health(&self) -> Vec<NodeHealth> {
+        if !self.inner.layout.sharded() {
+            return Vec::new();
+        }
+        self.cluster_node_health().await.unwrap_or_default()
+    }
+
+    async fn redis_node_info(&self) -> Result<Option<RedisNodeInfo>, StoreError> {
+        if !self.inner.layout.sharded() {
+            return Ok(None);
+        }
+        self.cluster_node_info().await.map(Some)
     }
 }
 
