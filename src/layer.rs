@@ -32,6 +32,7 @@ pub(crate) struct Config {
     pub(crate) policy: StoreErrorPolicy,
     pub(crate) max_size: usize,
     pub(crate) shutdown: Option<crate::shutdown::Shutdown>,
+    pub(crate) max_sessions_per_user: Option<usize>,
 }
 
 /// Adds a [`Session`](crate::Session) to every request's extensions and saves what the handler changed.
@@ -58,6 +59,7 @@ pub struct SessionLayer {
     policy: StoreErrorPolicy,
     max_size: usize,
     shutdown: Option<crate::shutdown::Shutdown>,
+    max_sessions_per_user: Option<usize>,
     /// Built once, on first use, so that every service the layer makes shares one config.
     built: Arc<std::sync::OnceLock<Arc<Config>>>,
 }
@@ -70,6 +72,7 @@ impl std::fmt::Debug for SessionLayer {
             .field("expiry", &self.expiry)
             .field("policy", &self.policy)
             .field("max_size", &self.max_size)
+            .field("max_sessions_per_user", &self.max_sessions_per_user)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +89,7 @@ impl SessionLayer {
             policy: StoreErrorPolicy::Fail,
             max_size: 64 * 1024,
             shutdown: None,
+            max_sessions_per_user: None,
             built: Default::default(),
         }
     }
@@ -220,6 +224,28 @@ impl SessionLayer {
         self
     }
 
+    /// At most `max` concurrent sessions per user (at least 1): when a request gives its session a
+    /// user ([`Session::set_user`](crate::Session::set_user), at login), the user's least recently
+    /// used other sessions beyond `max` are ended, as by
+    /// [`SessionStore::revoke_user_sessions`](crate::store::SessionStore::revoke_user_sessions). The
+    /// session logging in is never the one ended.
+    ///
+    /// The cap is applied at login, after the session is stored, and is best effort: two logins of
+    /// one user at the same instant may leave one session over the cap until the next login, and a
+    /// failure to apply it is logged rather than failing the login. Default: no cap.
+    ///
+    /// ```
+    /// use sessionforge::{SessionLayer, store::MemoryStore};
+    ///
+    /// // One phone, one laptop, one tablet; a fourth login ends the least recently used.
+    /// let layer = SessionLayer::new(MemoryStore::new()).with_max_sessions_per_user(3);
+    /// ```
+    pub fn with_max_sessions_per_user(mut self, max: usize) -> Self {
+        self.max_sessions_per_user = Some(max.max(1));
+        self.built = Default::default();
+        self
+    }
+
     fn config(&self) -> Arc<Config> {
         self.built
             .get_or_init(|| {
@@ -231,6 +257,7 @@ impl SessionLayer {
                     policy: self.policy,
                     max_size: self.max_size,
                     shutdown: self.shutdown.clone(),
+                    max_sessions_per_user: self.max_sessions_per_user,
                 })
             })
             .clone()

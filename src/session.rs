@@ -16,7 +16,7 @@ use crate::expiry::Timestamp;
 use crate::id::{StoreKey, Token};
 use crate::layer::Config;
 use crate::metrics::{Event, Metrics};
-use crate::store::{ChangeSet, Created, DynStore, Record, Saved, StoreError, Version};
+use crate::store::{ChangeSet, Created, DynStore, Record, Saved, StoreError, Summary, Version};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -240,13 +240,43 @@ impl Session {
         }
         let mut st = self.state().await?;
         let now = self.inner.config.clock.now();
+        let pending_increment = st.changes.increments.contains_key(key);
         let record = self.view(&mut st, now);
-        if record.data.get(key) == Some(&value) {
+        if record.data.get(key) == Some(&value) && !pending_increment {
             return Ok(());
         }
         record.data.insert(key.to_owned(), value.clone());
+        st.changes.increments.remove(key);
         st.changes.entries.insert(key.to_owned(), Some(value));
         Ok(())
+    }
+
+    /// Adds `by` (which may be negative) to the integer under `key` and answers the new value. A
+    /// missing or non-integer value counts as 0.
+    ///
+    /// Unlike reading, adding and inserting, the store applies the increment to the value it holds
+    /// when it saves: concurrent requests that each increment a counter all count.
+    ///
+    /// ```
+    /// # async fn handler(session: sessionforge::Session) -> Result<(), sessionforge::SessionError> {
+    /// let views = session.increment("views", 1).await?;
+    /// # let _ = views; Ok(()) }
+    /// ```
+    pub async fn increment(&self, key: &str, by: i64) -> Result<i64, SessionError> {
+        let mut st = self.state().await?;
+        let now = self.inner.config.clock.now();
+        let record = self.view(&mut st, now);
+        let value = crate::store::add_to(record.data.get(key), by);
+        record.data.insert(key.to_owned(), value.into());
+        let changes = &mut st.changes;
+        if let Some(set) = changes.entries.get_mut(key) {
+            // Set (or removed) earlier in this request: the new value is absolute.
+            *set = Some(value.into());
+        } else {
+            let total = changes.increments.entry(key.to_owned()).or_insert(0);
+            *total = total.saturating_add(by);
+        }
+        Ok(value)
     }
 
     /// Removes `key`, answering the value it had.
@@ -262,6 +292,7 @@ impl Session {
         let mut st = self.state().await?;
         let old = st.record.as_mut().and_then(|r| r.data.remove(key));
         if old.is_some() {
+            st.changes.increments.remove(key);
             st.changes.entries.insert(key.to_owned(), None);
         }
         Ok(old)
@@ -275,6 +306,7 @@ impl Session {
         }
         st.changes.cleared = true;
         st.changes.entries.clear();
+        st.changes.increments.clear();
         Ok(())
     }
 
@@ -322,6 +354,68 @@ impl Session {
         record.user.clone_from(&user);
         st.changes.user = Some(user);
         Ok(())
+    }
+
+    /// The store key of this session as stored when the request began (`None` for a session not stored
+    /// yet): the `id` the session has in [`Session::user_sessions`] and the admin listing, to mark
+    /// "this device". A digest of the token, useless as a cookie.
+    pub async fn store_key(&self) -> Result<Option<StoreKey>, SessionError> {
+        let st = self.state().await?;
+        Ok(st.stored.as_ref().map(|(k, _)| k.clone()))
+    }
+
+    /// The live sessions of this session's user, this one included once stored: metadata only (created,
+    /// last access, expiry, user agent), never a token, oldest first. Empty when the session has no
+    /// user. For a "your devices" page.
+    ///
+    /// ```
+    /// # async fn devices(session: sessionforge::Session) -> Result<(), sessionforge::SessionError> {
+    /// let this = session.store_key().await?;
+    /// for s in session.user_sessions().await? {
+    ///     let marker = if Some(&s.id) == this.as_ref() { " (this device)" } else { "" };
+    ///     println!("{:?} since {}{marker}", s.user_agent, s.created_at);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn user_sessions(&self) -> Result<Vec<Summary>, SessionError> {
+        let user = {
+            let st = self.state().await?;
+            st.record.as_ref().and_then(|r| r.user.clone())
+        };
+        match user {
+            Some(user) => Ok(self.inner.store.user_sessions(&user).await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Ends every other session of this session's user ("log out everywhere else"), at once, in the
+    /// store: their next request, on any instance sharing the store, starts a fresh session. This
+    /// session stays. Answers how many sessions were ended; 0 when the session has no user.
+    ///
+    /// ```
+    /// # async fn handler(session: sessionforge::Session) -> Result<(), sessionforge::SessionError> {
+    /// let ended = session.revoke_other_sessions().await?;
+    /// println!("logged out of {ended} other devices");
+    /// # Ok(()) }
+    /// ```
+    pub async fn revoke_other_sessions(&self) -> Result<u64, SessionError> {
+        let (user, keep) = {
+            let st = self.state().await?;
+            (
+                st.record.as_ref().and_then(|r| r.user.clone()),
+                st.stored.as_ref().map(|(k, _)| k.clone()),
+            )
+        };
+        let Some(user) = user else { return Ok(0) };
+        let n = self
+            .inner
+            .store
+            .revoke_user_sessions(&user, keep.as_ref())
+            .await?;
+        if n > 0 {
+            tracing::info!(sessions = n, "other sessions of the user revoked");
+        }
+        Ok(n)
     }
 
     /// Gives the session a new id, keeping its data: the defence against session fixation, to call when
@@ -403,6 +497,11 @@ impl Session {
         let store = &self.inner.store;
         let config = &self.inner.config;
         let now = config.clock.now();
+        // A user given to the session by this request (a login): the moment the cap applies.
+        let login = match &st.changes.user {
+            Some(Some(user)) if config.max_sessions_per_user.is_some() => Some(user.clone()),
+            _ => None,
+        };
 
         if let Some(old) = st.retire.take() {
             store.delete(&old).await?;
@@ -429,6 +528,7 @@ impl Session {
             let (token, expires) = self.create(record).await?;
             Metrics::global().count(Event::Created);
             tracing::debug!(store_key = %token.store_key(), "session created");
+            self.enforce_cap(login.as_deref(), &token.store_key()).await;
             return Ok(Outcome::Send {
                 token,
                 expires,
@@ -454,6 +554,7 @@ impl Session {
             store.delete(&key).await?;
             Metrics::global().count(Event::Renewed);
             tracing::info!(old = %key, new = %token.store_key(), "session id renewed");
+            self.enforce_cap(login.as_deref(), &token.store_key()).await;
             return Ok(Outcome::Send {
                 token,
                 expires,
@@ -468,6 +569,7 @@ impl Session {
         match store.save(&key, &version, record, changes).await? {
             Saved::Saved => {
                 Metrics::global().count(Event::Saved);
+                self.enforce_cap(login.as_deref(), &key).await;
                 Ok(Outcome::Send {
                     token: self
                         .inner
@@ -481,6 +583,46 @@ impl Session {
             _ => {
                 tracing::debug!(store_key = %key, "session deleted while the request ran; not saved");
                 Ok(Outcome::Remove)
+            }
+        }
+    }
+
+    /// After a login (`user` given to the session `current` by this request), ends the user's least
+    /// recently used other sessions beyond the configured cap. Best effort: a failure is logged, not
+    /// answered (the login itself is stored), and two logins at the same moment may each see the
+    /// other's session missing from their listing and leave one session over the cap until the next
+    /// login.
+    async fn enforce_cap(&self, user: Option<&str>, current: &StoreKey) {
+        let (Some(user), Some(max)) = (user, self.inner.config.max_sessions_per_user) else {
+            return;
+        };
+        let store = &self.inner.store;
+        let mut others = match store.user_sessions(user).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the user's sessions to apply the cap");
+                return;
+            }
+        };
+        others.retain(|s| &s.id != current);
+        // This session counts whether or not the listing saw it.
+        let excess = (others.len() + 1).saturating_sub(max);
+        if excess == 0 {
+            return;
+        }
+        others.sort_by(|a, b| {
+            (a.last_access, a.created_at, &a.id).cmp(&(b.last_access, b.created_at, &b.id))
+        });
+        for s in others.iter().take(excess) {
+            match store.delete(&s.id).await {
+                Ok(_) => {
+                    Metrics::global().count(Event::Destroyed);
+                    tracing::info!(store_key = %s.id, max, "session ended: the user is over the session cap");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not end a session over the user's cap");
+                    return;
+                }
             }
         }
     }

@@ -334,6 +334,13 @@ impl SessionStore for FakeRedis {
         self.check()?;
         self.inner.delete(key).await
     }
+    async fn user_sessions(
+        &self,
+        user: &str,
+    ) -> Result<Vec<sessionforge::store::Summary>, StoreError> {
+        self.check()?;
+        self.inner.user_sessions(user).await
+    }
 }
 
 impl ManagedStore for FakeRedis {

@@ -1,7 +1,8 @@
 //! Concurrency against every store (memory, Redis, file, failover over Redis and files), over real
 //! HTTP on loopback: many clients, each firing many concurrent requests at its own session, each
-//! request setting a distinct key and bumping a shared counter. Afterwards every distinct key is in the
-//! store, and sessions deleted while requests were in flight stay deleted.
+//! request setting a distinct key, bumping a read-modify-write counter and incrementing another with
+//! `Session::increment`. Afterwards every distinct key is in the store, every increment counted, and
+//! sessions deleted while requests were in flight stay deleted.
 //!
 //! Sizes: `CONC_CLIENTS` (default 8) clients x `CONC_REQUESTS` (default 24) concurrent requests.
 
@@ -100,17 +101,23 @@ async fn hammer<S: SessionStore + Clone>(name: &str, store: S) -> String {
             }
         }
         counters.push(record.data["hits"].as_u64().unwrap());
+        assert_eq!(
+            record.data["counted"],
+            requests as u64 + 1,
+            "{name}: client {c}: every increment counts"
+        );
     }
     assert_eq!(keys_missing, 0, "{name}: distinct keys lost");
     assert_eq!(resurrected, 0, "{name}: deleted sessions came back");
-    // The shared counter is a read-modify-write of one key: concurrent increments may overwrite
-    // each other (last writer wins, as documented); it is reported, and must have moved.
+    // The read-modify-write counter: concurrent requests may overwrite each other's value (last
+    // writer wins, as documented); it is reported, and must have moved. `counted`, kept with
+    // `Session::increment`, is exact (asserted above).
     assert!(counters
         .iter()
         .all(|n| *n >= 1 && *n <= requests as u64 + 1));
     let report = format!(
         "{name}: {clients} clients x {requests} concurrent requests: 0 distinct keys lost, 0 deleted \
-         sessions back; shared counter ended at {counters:?} of {} increments each",
+         sessions back; increments exact; read-modify-write counter ended at {counters:?} of {} each",
         requests + 1
     );
     eprintln!("{report}");

@@ -460,3 +460,29 @@ fn the_example_binary_names_a_bad_variable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("REDIS_PORT"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_api_lists_a_users_devices_and_logs_out_everywhere_else() {
+    let redis = RedisServer::start();
+    let app = start(redis.port(), AdminAuth::loopback_only()).await;
+    let mut phone = Browser::new(app.addr);
+    let mut laptop = Browser::new(app.addr);
+    for b in [&mut phone, &mut laptop] {
+        b.post("/api/login", r#"{"user":"alice"}"#).await;
+    }
+    let mine = laptop.get("/api/sessions-of-me").await.json();
+    assert_eq!(mine["user"], "alice");
+    let sessions = mine["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{mine}");
+    assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
+
+    // curl http://localhost:3001/api/sessions/users/alice/sessions
+    let r = get(app.addr, "/api/sessions/users/alice/sessions").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["total"], 2);
+
+    let r = laptop.post("/api/logout-everywhere", "").await.json();
+    assert_eq!(r["revokedSessions"], 1);
+    assert_eq!(phone.get("/api/me").await.json()["user"], Value::Null);
+    assert_eq!(laptop.get("/api/me").await.json()["user"], "alice");
+}

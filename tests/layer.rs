@@ -538,3 +538,50 @@ async fn without_the_layer_the_extractor_says_what_is_missing() {
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(r.body.contains("SessionLayer missing"), "{}", r.body);
 }
+
+#[tokio::test]
+async fn concurrent_increments_all_count_and_mix_with_sets_in_one_request() {
+    let store = MemoryStore::new();
+    let router = Router::new()
+        .route(
+            "/inc",
+            post(|s: Session| async move {
+                Ok::<_, SessionError>(s.increment("n", 1).await?.to_string())
+            }),
+        )
+        .route(
+            "/mix",
+            post(|s: Session| async move {
+                // +5, then set to 100, then +1: the request ends at an absolute 101.
+                s.increment("m", 5).await?;
+                s.insert("m", 100).await?;
+                let v = s.increment("m", 1).await?;
+                // An increment on a non-integer starts from 0.
+                s.insert("t", "text").await?;
+                let t = s.increment("t", -2).await?;
+                Ok::<_, SessionError>(format!("{v} {t}"))
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()));
+    let mut b = Browser::new(serve(router).await);
+    assert_eq!(b.post("/inc", "").await.body, "1");
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let mut c = b.clone();
+        tasks.push(tokio::spawn(async move { c.post("/inc", "").await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let key = Token::parse(b.cookie.as_ref().unwrap())
+        .unwrap()
+        .store_key();
+    let data = store.load(&key).await.unwrap().unwrap().record.data;
+    assert_eq!(data["n"], 65, "every one of 65 increments counted");
+    assert_eq!(b.post("/mix", "").await.body, "101 -2");
+    let data = store.load(&key).await.unwrap().unwrap().record.data;
+    assert_eq!(
+        (data["m"].clone(), data["t"].clone()),
+        (101.into(), (-2).into())
+    );
+}

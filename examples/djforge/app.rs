@@ -28,14 +28,9 @@ fn session_error(e: SessionError) -> Response {
 
 /// `GET /api/me`: who is logged in, and how many times this session has asked.
 async fn me(session: Session) -> Result<Json<Value>, Response> {
-    let visits: u64 = session
-        .get("visits")
-        .await
-        .map_err(session_error)?
-        .unwrap_or(0)
-        + 1;
-    session
-        .insert("visits", visits)
+    // An increment, not get + insert: concurrent requests (several tabs) all count.
+    let visits = session
+        .increment("visits", 1)
         .await
         .map_err(session_error)?;
     let user = session.user().await.map_err(session_error)?;
@@ -66,6 +61,41 @@ async fn login(session: Session, body: Bytes) -> Result<Json<Value>, Response> {
 async fn logout(session: Session) -> Result<Json<Value>, Response> {
     session.destroy().await.map_err(session_error)?;
     Ok(Json(json!({ "success": true, "message": "Logged out" })))
+}
+
+/// `GET /api/sessions-of-me`: the logged-in user's sessions ("your devices"), metadata only, with
+/// this one marked.
+async fn sessions_of_me(session: Session) -> Result<Json<Value>, Response> {
+    let this = session.store_key().await.map_err(session_error)?;
+    let sessions: Vec<Value> = session
+        .user_sessions()
+        .await
+        .map_err(session_error)?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id.as_str(),
+                "current": Some(&s.id) == this.as_ref(),
+                "createdAt": s.created_at.to_rfc3339(),
+                "lastAccess": s.last_access.to_rfc3339(),
+                "expires": s.expires.to_rfc3339(),
+                "userAgent": s.user_agent,
+            })
+        })
+        .collect();
+    let user = session.user().await.map_err(session_error)?;
+    Ok(Json(json!({ "user": user, "sessions": sessions })))
+}
+
+/// `POST /api/logout-everywhere`: ends every other session of the logged-in user.
+async fn logout_everywhere(session: Session) -> Result<Json<Value>, Response> {
+    let n = session
+        .revoke_other_sessions()
+        .await
+        .map_err(session_error)?;
+    Ok(Json(
+        json!({ "success": true, "revokedSessions": n, "message": format!("Logged out of {n} other sessions") }),
+    ))
 }
 
 fn valid_pref_key(key: &str) -> bool {
@@ -119,6 +149,8 @@ where
         .route("/api/me", get(me))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
+        .route("/api/sessions-of-me", get(sessions_of_me))
+        .route("/api/logout-everywhere", post(logout_everywhere))
         .route("/api/prefs", get(prefs))
         .route("/api/prefs/{key}", put(put_pref))
         .layer(layer);

@@ -171,6 +171,15 @@ pub(crate) struct SessionList {
     pub timestamp: String,
 }
 
+/// `GET /users/{user}/sessions`.
+#[derive(Serialize)]
+pub(crate) struct UserSessions {
+    pub user: String,
+    pub sessions: Vec<SessionEntry>,
+    pub total: u64,
+    pub timestamp: String,
+}
+
 /// `DELETE /sessions/{id}`.
 #[derive(Serialize)]
 pub(crate) struct Deleted {

@@ -10,6 +10,8 @@
 //! | `GET /sessions?limit=&cursor=` | `{"sessions":[{"id","createdAt","lastAccess","expires","userAgent","user"}],"total":N,"nextCursor":"…"\|null,"timestamp"}` |
 //! | `DELETE /sessions/{id}` | `{"success":true,"message":"…"}`; 404 when there is no such session, 400 for an id that is not a store key |
 //! | `POST /cleanup` | `{"success":true,"deletedSessions":N,"message":"…"}` |
+//! | `GET /users/{user}/sessions` | `{"user":"alice","sessions":[…entries as in /sessions…],"total":N,"timestamp"}`; a user without sessions gets an empty list (200) |
+//! | `DELETE /users/{user}/sessions` | `{"success":true,"deletedSessions":N,"message":"…"}`: logs the user out everywhere; their next request, on any instance, starts a fresh session |
 //! | `GET /redis-info` | `{"redis":{"<section>":{"<field>":"<value>"}},"timestamp"}`; 503 when no Redis serves sessions |
 //! | `GET /health` | `{"status":"ok","timestamp","sessionStore":"redis","redis":"healthy"}` (see [`HealthService`]) |
 //! | `GET /metrics` | Prometheus text: the [`Metrics`](crate::metrics::Metrics) counters plus `sessionforge_sessions` |
@@ -288,6 +290,14 @@ where
             },
             Route::Delete(id) => ResponseFuture::boxed(routes::delete(store, id)),
             Route::Cleanup => ResponseFuture::boxed(routes::cleanup(store)),
+            Route::UserSessions(raw) => match routes::user_segment(&raw) {
+                Ok(user) => ResponseFuture::boxed(routes::user_sessions(store, user)),
+                Err(rejected) => ResponseFuture::ready(rejected.into_response()),
+            },
+            Route::RevokeUser(raw) => match routes::user_segment(&raw) {
+                Ok(user) => ResponseFuture::boxed(routes::revoke_user(store, user)),
+                Err(rejected) => ResponseFuture::ready(rejected.into_response()),
+            },
             Route::RedisInfo => ResponseFuture::boxed(routes::redis_info(store)),
             Route::Health => ResponseFuture::boxed(routes::health(store)),
             Route::Metrics => ResponseFuture::boxed(routes::metrics(store)),

@@ -14,6 +14,8 @@ use std::sync::Arc;
 const MAX_PATH: usize = 2048;
 /// Cursors longer than this are refused with 400 (no store hands out anything near it).
 const MAX_CURSOR: usize = 1024;
+/// User ids longer than this (in bytes, decoded) are refused with 400.
+pub(crate) const MAX_USER: usize = 512;
 
 /// An admin route, matched on the end of the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +25,10 @@ pub(crate) enum Route {
     /// The id as it appeared in the path (validated by the handler).
     Delete(String),
     Cleanup,
+    /// `GET /users/{user}/sessions`, the user as it appeared in the path (decoded by the handler).
+    UserSessions(String),
+    /// `DELETE /users/{user}/sessions`.
+    RevokeUser(String),
     RedisInfo,
     Health,
     Metrics,
@@ -56,7 +62,20 @@ pub(crate) fn route(method: &Method, path: &str) -> Result<Route, Reject> {
     let last = segments[segments.len() - 1];
     let prev = segments.len().checked_sub(2).map(|i| segments[i]);
     let is_get = method == Method::GET || method == Method::HEAD;
+    let user = segments
+        .len()
+        .checked_sub(3)
+        .filter(|&i| segments[i] == "users")
+        .map(|i| segments[i + 1]);
     let (route, allowed, allow) = match last {
+        "sessions" if user.is_some() => {
+            let user = user.unwrap_or_default().to_owned();
+            if method == Method::DELETE {
+                (Route::RevokeUser(user), true, "")
+            } else {
+                (Route::UserSessions(user), is_get, "GET, HEAD, DELETE")
+            }
+        }
         "stats" => (Route::Stats, is_get, "GET, HEAD"),
         "sessions" => (Route::List, is_get, "GET, HEAD"),
         "cleanup" => (Route::Cleanup, method == Method::POST, "POST"),
@@ -248,6 +267,56 @@ pub(crate) async fn delete<S: ManagedStore>(store: Arc<S>, id: String) -> Resp {
                 "no session {key} (already gone, or a cookie value rather than an id from GET /sessions)"
             ),
         ),
+        Err(e) => json::store_error(&e),
+    }
+}
+
+/// The user id of a `/users/{user}/…` path segment, percent-decoded, or the 400 to send.
+pub(crate) fn user_segment(raw: &str) -> Result<String, Reject> {
+    let bad = |msg: &str| Reject::new(StatusCode::BAD_REQUEST, msg);
+    let user = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| bad("user id is not UTF-8"))?;
+    if user.is_empty() {
+        return Err(bad("empty user id"));
+    }
+    if user.len() > MAX_USER {
+        return Err(bad("user id too long"));
+    }
+    Ok(user.into_owned())
+}
+
+/// `GET /users/{user}/sessions`: 200 with an empty list for a user without sessions (whether the user
+/// exists is not the session store's to say).
+pub(crate) async fn user_sessions<S: ManagedStore>(store: Arc<S>, user: String) -> Resp {
+    match store.user_sessions(&user).await {
+        Ok(sessions) => json::json(
+            StatusCode::OK,
+            &json::UserSessions {
+                user,
+                total: sessions.len() as u64,
+                sessions: sessions.into_iter().map(Into::into).collect(),
+                timestamp: json::now(),
+            },
+        ),
+        Err(e) => json::store_error(&e),
+    }
+}
+
+/// `DELETE /users/{user}/sessions`: log the user out everywhere.
+pub(crate) async fn revoke_user<S: ManagedStore>(store: Arc<S>, user: String) -> Resp {
+    match store.revoke_user_sessions(&user, None).await {
+        Ok(n) => {
+            tracing::info!(sessions = n, "admin revoked a user's sessions");
+            json::json(
+                StatusCode::OK,
+                &json::Cleanup {
+                    success: true,
+                    deleted_sessions: n,
+                    message: format!("Revoked {n} sessions of the user"),
+                },
+            )
+        }
         Err(e) => json::store_error(&e),
     }
 }

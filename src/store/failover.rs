@@ -35,12 +35,12 @@
 
 use super::{
     ChangeSet, Created, Loaded, ManagedStore, NodeHealth, Page, Record, RedisInfo, RedisNodeInfo,
-    Saved, SessionStore, StoreError, StoreHealth, StoreKind, Usage, Version,
+    Saved, SessionStore, StoreError, StoreHealth, StoreKind, Summary, Usage, Version,
 };
 use crate::id::StoreKey;
 use crate::metrics::{Event, Metrics};
 use crate::shutdown::Shutdown;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +64,9 @@ struct Inner<P, F> {
     transitions: AtomicU64,
     last_error: Mutex<Option<String>>,
     tombstones: Mutex<HashSet<StoreKey>>,
+    /// Users whose sessions were revoked during an outage (with the session kept, if any): their
+    /// sessions in the primary are revoked at failback, before the outage's sessions move back.
+    user_tombstones: Mutex<HashMap<String, Option<StoreKey>>>,
     failback: tokio::sync::Mutex<()>,
     /// Striped per-key locks: one migration of a key at a time, and none while a request settles it.
     migrate_locks: Vec<tokio::sync::Mutex<()>>,
@@ -124,6 +127,12 @@ impl Recent {
 
     fn remove(&mut self, key: &StoreKey) -> Option<Record> {
         self.map.remove(key).map(|(r, _)| r)
+    }
+
+    /// Forgets the user's sessions (revoked), except `keep`.
+    fn remove_user(&mut self, user: &str, keep: Option<&StoreKey>) {
+        self.map
+            .retain(|k, (r, _)| r.user.as_deref() != Some(user) || Some(k) == keep);
     }
 
     fn clear(&mut self) {
@@ -198,6 +207,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                 transitions: AtomicU64::new(0),
                 last_error: Mutex::new(None),
                 tombstones: Mutex::new(HashSet::new()),
+                user_tombstones: Mutex::new(HashMap::new()),
                 failback: tokio::sync::Mutex::new(()),
                 migrate_locks: (0..MIGRATE_LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
@@ -398,6 +408,31 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
         }
+        let users: Vec<(String, Option<StoreKey>)> = self
+            .inner
+            .user_tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(u, k)| (u.clone(), k.clone()))
+            .collect();
+        for (user, keep) in users {
+            // Only sessions from before the outage are in the primary (nothing was written to it
+            // since): all of them were revoked. The outage's own sessions move over below.
+            self.inner
+                .primary
+                .revoke_user_sessions(&user, keep.as_ref())
+                .await?;
+            let mut t = self
+                .inner
+                .user_tombstones
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Unless revoked again meanwhile (with another session kept).
+            if t.get(&user) == Some(&keep) {
+                t.remove(&user);
+            }
+        }
         let mut moved = 0;
         let mut cursor: Option<String> = None;
         loop {
@@ -449,6 +484,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                             .collect(),
                         user: Some(rec.user.clone()),
                         deadline: Some(rec.deadline),
+                        ..Default::default()
                     };
                     self.inner
                         .primary
@@ -471,6 +507,43 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
         Ok(())
     }
 
+    /// While failing back, whether a session the primary answered was deleted or revoked during the
+    /// outage and not yet removed from the primary (the failback does that, but requests are served
+    /// from the primary while it runs).
+    fn revoked_in_outage(&self, key: &StoreKey, record: &Record) -> bool {
+        if !self.inner.migrating.load(Ordering::Acquire) {
+            return false;
+        }
+        if self
+            .inner
+            .tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+        {
+            return true;
+        }
+        record.user.as_ref().is_some_and(|u| {
+            self.inner
+                .user_tombstones
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(u)
+                .is_some_and(|keep| keep.as_ref() != Some(key))
+        })
+    }
+
+    fn remember_revoked(&self, user: &str, keep: Option<&StoreKey>) {
+        let mut t = self
+            .inner
+            .user_tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if t.len() < MAX_TOMBSTONES || t.contains_key(user) {
+            t.insert(user.to_owned(), keep.cloned());
+        }
+    }
+
     fn remember_deleted(&self, key: &StoreKey) {
         let mut t = self
             .inner
@@ -488,6 +561,10 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
         if !self.is_on_fallback() {
             self.settle(key).await?;
             match self.inner.primary.load(key).await {
+                Ok(Some(l)) if self.revoked_in_outage(key, &l.record) => {
+                    self.inner.primary.delete(key).await?;
+                    return Ok(None);
+                }
                 Ok(Some(l)) => {
                     self.recent().put(key, l.record.clone());
                     return Ok(Some(Loaded {
@@ -586,6 +663,56 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
         }
         self.remember_deleted(key);
         self.inner.fallback.delete(key).await
+    }
+
+    /// From the backend serving now. While failing back, the sessions still waiting in the fallback
+    /// are listed too (their fallback copy is the newer one).
+    async fn user_sessions(&self, user: &str) -> Result<Vec<Summary>, StoreError> {
+        if !self.is_on_fallback() {
+            match self.inner.primary.user_sessions(user).await {
+                Ok(mut sessions) => {
+                    if self.inner.migrating.load(Ordering::Acquire) {
+                        let waiting = self.inner.fallback.user_sessions(user).await?;
+                        sessions.retain(|s| !waiting.iter().any(|w| w.id == s.id));
+                        sessions.extend(waiting);
+                        super::sort_user_sessions(&mut sessions);
+                    }
+                    return Ok(sessions);
+                }
+                Err(e) if e.is_unavailable() => self.note_failure(&e),
+                Err(e) => return Err(e),
+            }
+        }
+        self.inner.fallback.user_sessions(user).await
+    }
+
+    /// Revokes in both backends (the fallback may hold sessions waiting to move back) and forgets the
+    /// user's sessions in the recent-sessions cache, so no later outage restores one. During an outage
+    /// the user is remembered, and the sessions the primary still holds (which cannot be listed now)
+    /// are revoked at failback, before any of them can be served again.
+    async fn revoke_user_sessions(
+        &self,
+        user: &str,
+        keep: Option<&StoreKey>,
+    ) -> Result<u64, StoreError> {
+        self.recent().remove_user(user, keep);
+        if !self.is_on_fallback() {
+            match self.inner.primary.revoke_user_sessions(user, keep).await {
+                Ok(n) => {
+                    let waiting = self
+                        .inner
+                        .fallback
+                        .revoke_user_sessions(user, keep)
+                        .await
+                        .unwrap_or(0);
+                    return Ok(n + waiting);
+                }
+                Err(e) if e.is_unavailable() => self.note_failure(&e),
+                Err(e) => return Err(e),
+            }
+        }
+        self.remember_revoked(user, keep);
+        self.inner.fallback.revoke_user_sessions(user, keep).await
     }
 }
 

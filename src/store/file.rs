@@ -87,7 +87,7 @@
 
 use super::{
     ChangeSet, Created, Loaded, ManagedStore, Page, Record, Saved, SessionStore, StoreError,
-    StoreHealth, StoreKind, Usage, Version,
+    StoreHealth, StoreKind, Summary, Usage, Version,
 };
 use crate::expiry::{Clock, SharedClock, SystemClock, Timestamp};
 use crate::id::StoreKey;
@@ -852,6 +852,28 @@ impl SessionStore for FileStore {
                     Ok(false)
                 }
             }
+        })
+        .await
+    }
+
+    /// Reads every session file (O(files), like [`ManagedStore::count`]): the file store keeps no
+    /// per-user index, so there is none to fall out of step with the sessions, and a session deleted,
+    /// expired or given another user simply stops matching.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<Summary>, StoreError> {
+        let user = user.to_owned();
+        self.unlocked(move |inner| {
+            let now = inner.cfg.clock.now();
+            let mut sessions = Vec::new();
+            for key in inner.keys()? {
+                // Files are replaced by rename, so an unlocked read sees a whole record.
+                if let Ok(Current::Live { record, .. }) = inner.current(&key, now) {
+                    if record.user.as_deref() == Some(user.as_str()) {
+                        sessions.push(record.summary(key));
+                    }
+                }
+            }
+            super::sort_user_sessions(&mut sessions);
+            Ok(sessions)
         })
         .await
     }

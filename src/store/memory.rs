@@ -13,7 +13,7 @@
 
 use super::{
     ChangeSet, Created, Loaded, ManagedStore, Page, Record, Saved, SessionStore, StoreError,
-    StoreHealth, StoreKind, Usage, Version,
+    StoreHealth, StoreKind, Summary, Usage, Version,
 };
 use crate::expiry::{SharedClock, SystemClock};
 use crate::id::StoreKey;
@@ -189,6 +189,39 @@ impl SessionStore for MemoryStore {
             .map()
             .remove(key)
             .is_some_and(|e| !e.record.is_expired(now)))
+    }
+
+    /// Scans the map under its lock (O(sessions)): there is no separate index to fall out of step.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<Summary>, StoreError> {
+        let now = self.inner.clock.now();
+        let mut sessions: Vec<Summary> = self
+            .map()
+            .iter()
+            .filter(|(_, e)| !e.record.is_expired(now) && e.record.user.as_deref() == Some(user))
+            .map(|(k, e)| e.record.summary(k.clone()))
+            .collect();
+        super::sort_user_sessions(&mut sessions);
+        Ok(sessions)
+    }
+
+    /// Deletes the user's sessions in one pass under the map's lock.
+    async fn revoke_user_sessions(
+        &self,
+        user: &str,
+        keep: Option<&StoreKey>,
+    ) -> Result<u64, StoreError> {
+        let now = self.inner.clock.now();
+        let mut map = self.map();
+        let before = map.len();
+        let mut expired = 0;
+        map.retain(|k, e| {
+            let theirs = e.record.user.as_deref() == Some(user) && Some(k) != keep;
+            if theirs && e.record.is_expired(now) {
+                expired += 1;
+            }
+            !theirs
+        });
+        Ok((before - map.len() - expired) as u64)
     }
 }
 

@@ -136,12 +136,19 @@ pub struct ChangeSet {
     pub user: Option<Option<String>>,
     /// The absolute deadline was moved.
     pub deadline: Option<Timestamp>,
+    /// Integer keys increased (or decreased) by an amount: applied to the value the store holds when
+    /// it saves, so concurrent increments all count. Never holds a key that `entries` also holds.
+    pub increments: BTreeMap<String, i64>,
 }
 
 impl ChangeSet {
     /// Whether the change-set changes nothing.
     pub fn is_empty(&self) -> bool {
-        !self.cleared && self.entries.is_empty() && self.user.is_none() && self.deadline.is_none()
+        !self.cleared
+            && self.entries.is_empty()
+            && self.increments.is_empty()
+            && self.user.is_none()
+            && self.deadline.is_none()
     }
 
     /// Applies the change-set to `data`.
@@ -171,7 +178,18 @@ impl ChangeSet {
                 }
             }
         }
+        for (k, by) in &self.increments {
+            data.insert(k.clone(), Value::from(add_to(data.get(k), *by)));
+        }
     }
+}
+
+/// `current` (an integer, or nothing / anything else counting as 0) plus `by`, saturating.
+pub(crate) fn add_to(current: Option<&Value>, by: i64) -> i64 {
+    current
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        .saturating_add(by)
 }
 
 /// An opaque version of a stored record, handed out by `load` and given back to `save` so a store can
@@ -397,6 +415,41 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Deletes a session; `true` when there was one.
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The live sessions tied to `user` ([`Record::user`]): metadata only, never a token, oldest
+    /// (by creation) first. A store keeps whatever index this needs in step with its sessions (see
+    /// each store's docs); an unknown user has no sessions.
+    fn user_sessions(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Vec<Summary>, StoreError>> + Send;
+
+    /// Deletes every session tied to `user` except `keep` ("log out everywhere else"); answers how many
+    /// were deleted. The next request of a deleted session gets a fresh session, on any instance
+    /// sharing the store, and a save in flight for one of them writes nothing ([`Saved::Gone`]).
+    ///
+    /// The provided version lists ([`SessionStore::user_sessions`]) and deletes one by one; a store
+    /// overrides it when it can do better.
+    fn revoke_user_sessions(
+        &self,
+        user: &str,
+        keep: Option<&StoreKey>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move {
+            let mut deleted = 0;
+            for s in self.user_sessions(user).await? {
+                if Some(&s.id) != keep && self.delete(&s.id).await? {
+                    deleted += 1;
+                }
+            }
+            Ok(deleted)
+        }
+    }
+}
+
+/// Sorts a user's sessions the way [`SessionStore::user_sessions`] answers them: oldest first.
+pub(crate) fn sort_user_sessions(sessions: &mut [Summary]) {
+    sessions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
 }
 
 /// One entry of a session listing: metadata only, never a token.
@@ -561,6 +614,15 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         changes: &'a ChangeSet,
     ) -> BoxFuture<'a, Result<Saved, StoreError>>;
     fn delete<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Summary>, StoreError>>;
+    fn revoke_user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        keep: Option<&'a StoreKey>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
 
 pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -615,6 +677,19 @@ impl<S: SessionStore> DynStore for S {
             SessionStore::delete(self, key),
         ))
     }
+    fn user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Summary>, StoreError>> {
+        Box::pin(SessionStore::user_sessions(self, user))
+    }
+    fn revoke_user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        keep: Option<&'a StoreKey>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(SessionStore::revoke_user_sessions(self, user, keep))
+    }
 }
 
 impl<S: SessionStore> SessionStore for std::sync::Arc<S> {
@@ -642,6 +717,19 @@ impl<S: SessionStore> SessionStore for std::sync::Arc<S> {
     }
     fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).delete(key)
+    }
+    fn user_sessions(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Vec<Summary>, StoreError>> + Send {
+        (**self).user_sessions(user)
+    }
+    fn revoke_user_sessions(
+        &self,
+        user: &str,
+        keep: Option<&StoreKey>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).revoke_user_sessions(user, keep)
     }
 }
 
@@ -726,6 +814,27 @@ mod tests {
             after: Duration::from_secs(1),
         };
         assert_eq!(t.root_cause(), t.to_string());
+    }
+
+    #[test]
+    fn increments_apply_to_the_current_value_and_treat_others_as_zero() {
+        let mut data = json!({"n": 5, "s": "x"}).as_object().unwrap().clone();
+        let mut c = ChangeSet::default();
+        c.increments.insert("n".into(), 3);
+        c.increments.insert("s".into(), 2);
+        c.increments.insert("new".into(), -1);
+        assert!(!c.is_empty());
+        c.apply(&mut data);
+        assert_eq!(
+            Value::Object(data.clone()),
+            json!({"n": 8, "s": 2, "new": -1})
+        );
+        // A second writer's increment merged onto that counts too.
+        c.apply(&mut data);
+        assert_eq!(data["n"], 11);
+        let mut max = json!({"n": i64::MAX}).as_object().unwrap().clone();
+        c.apply(&mut max);
+        assert_eq!(max["n"], i64::MAX, "saturates");
     }
 
     #[test]

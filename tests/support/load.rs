@@ -44,8 +44,11 @@ pub fn app() -> Router {
             "/set/{key}",
             post(|s: Session, Path(key): Path<String>| async move {
                 s.insert(&key, true).await?;
+                // Two counters: one read-modify-write (last writer wins under concurrency), one
+                // incremented (applied to the stored value: every increment counts).
                 let hits: u64 = s.get("hits").await?.unwrap_or(0);
                 s.insert("hits", hits + 1).await?;
+                s.increment("counted", 1).await?;
                 Ok::<_, SessionError>("ok")
             }),
         )

@@ -15,6 +15,7 @@ pub enum Call {
     Create(StoreKey),
     Save(StoreKey),
     Delete(StoreKey),
+    UserSessions(String),
     /// count, list or cleanup.
     Count,
 }
@@ -75,6 +76,13 @@ impl<S: SessionStore> SessionStore for Recording<S> {
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         self.log(Call::Delete(key.clone()))?;
         self.inner.delete(key).await
+    }
+    async fn user_sessions(
+        &self,
+        user: &str,
+    ) -> Result<Vec<sessionforge::store::Summary>, StoreError> {
+        self.log(Call::UserSessions(user.to_owned()))?;
+        self.inner.user_sessions(user).await
     }
 }
 

@@ -10,6 +10,11 @@
 //!   first character is uniform over 64 values: 64 shards, spread by their slots over the masters
 //!   (with the default even split of 3 masters, each gets about a third). Count, list and cleanup
 //!   visit the 64 shard indexes; `redis-cli -c GET 'djforge:sess:{a}a…'` shows a session.
+//! * **Per-user sets** follow the same rule: one server keeps `<prefix>user:<id>`; a cluster keeps
+//!   one set per user and shard, `<prefix>{<c>}user:<id>`, in the slot of the sessions it lists. A
+//!   user's sessions cannot share one slot (they are spread by store key), and a single global set
+//!   would need non-atomic two-step writes with repair; per-shard sets keep every write atomic, and
+//!   listing a user's sessions visits the 64 sets instead (an admin-path cost, not a request cost).
 
 use crate::id::StoreKey;
 
@@ -74,6 +79,29 @@ impl Layout {
             &self.indexes[self.shard(member)]
         } else {
             &self.indexes[0]
+        }
+    }
+
+    /// A per-user set (`suffix` is `user:<id>`) for the session `member`: `<prefix><suffix>`, or
+    /// `<prefix>{<c>}<suffix>` in cluster mode (the session's hash slot).
+    pub(super) fn user_key(&self, suffix: &str, member: &str) -> String {
+        if self.sharded {
+            let c = SHARDS[self.shard(member)] as char;
+            format!("{}{{{c}}}{suffix}", self.prefix)
+        } else {
+            format!("{}{suffix}", self.prefix)
+        }
+    }
+
+    /// Every set of one user: one, or one per shard in cluster mode.
+    pub(super) fn user_keys(&self, suffix: &str) -> Vec<String> {
+        if self.sharded {
+            SHARDS
+                .iter()
+                .map(|&c| format!("{}{{{}}}{suffix}", self.prefix, c as char))
+                .collect()
+        } else {
+            vec![format!("{}{suffix}", self.prefix)]
         }
     }
 

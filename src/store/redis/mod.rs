@@ -60,7 +60,7 @@ pub use config::{
 
 use super::{
     ChangeSet, Created, Loaded, ManagedStore, NodeHealth, Page, Record, RedisInfo, RedisNodeInfo,
-    Saved, SessionStore, StoreError, StoreHealth, StoreKind, Usage, Version,
+    Saved, SessionStore, StoreError, StoreHealth, StoreKind, Summary, Usage, Version,
 };
 use crate::id::StoreKey;
 use crate::metrics::{Event, Metrics};
@@ -124,6 +124,8 @@ enum SaveReply {
     Gone,
     Saved,
     Changed(Vec<u8>),
+    /// The stored value belongs to this user (not the one the call named).
+    WrongUser(Option<String>),
 }
 
 impl redis::FromRedisValue for SaveReply {
@@ -140,6 +142,10 @@ impl redis::FromRedisValue for SaveReply {
             (2, Some(cur)) => Ok(SaveReply::Changed(redis::FromRedisValue::from_redis_value(
                 cur,
             )?)),
+            (3, Some(user)) => {
+                let user: String = redis::FromRedisValue::from_redis_value(user)?;
+                Ok(SaveReply::WrongUser(parse_user_arg(&user)))
+            }
             _ => Err("unexpected answer from the save script".into()),
         }
     }
@@ -203,6 +209,35 @@ impl RedisStore {
     /// same hash slot as the session, so one script can change both).
     pub fn index_key_for(&self, key: &StoreKey) -> &str {
         self.inner.layout.index_of(key.as_str())
+    }
+
+    /// The Redis key of `user`'s session set: `<prefix>user:<user>` for ids of at most 64 characters
+    /// from `A-Z a-z 0-9 . _ @ + -` (readable in `redis-cli`), `<prefix>user:#<sha1 hex of the id>`
+    /// for any other id (bounded length, no separators or glob characters from client input; `#` never
+    /// appears in a readable id, so the two forms cannot collide). Neither form can be a session key
+    /// (store keys have no `:`).
+    ///
+    /// The set holds the store keys of the user's sessions scored by their expiry (milliseconds since
+    /// the epoch); its own TTL follows its latest member's expiry.
+    ///
+    /// ```
+    /// use sessionforge::store::redis::{RedisConfig, RedisStore};
+    ///
+    /// let store = RedisStore::new(RedisConfig::new("redis://127.0.0.1:6379")?.with_prefix("app:"))?;
+    /// assert_eq!(store.user_key("alice@example.com"), "app:user:alice@example.com");
+    /// assert_eq!(store.user_key("a b").len(), "app:user:#".len() + 40);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn user_key(&self, user: &str) -> String {
+        format!("{}{}", self.inner.config.prefix, user_suffix(user))
+    }
+
+    /// The user set that holds `key` for `user`: [`RedisStore::user_key`] for one server; in cluster
+    /// mode one set per user *and shard*, `<prefix>{<c>}user:<user>`, in the hash slot of the
+    /// session (`<c>` as in [`RedisStore::redis_key`]), so the scripts keep the session, its index
+    /// entry and its user-set entry in step atomically there too.
+    pub fn user_key_for(&self, user: &str, key: &StoreKey) -> String {
+        self.inner.layout.user_key(&user_suffix(user), key.as_str())
     }
 
     /// Sends `PING` and answers the round-trip time (connecting first if needed). Bounded by the
@@ -466,6 +501,9 @@ impl SessionStore for RedisStore {
             .arg(record.expires.as_millis())
             .arg(key.as_str())
             .arg(self.now_ms());
+        if let Some(user) = &record.user {
+            inv.key(self.user_key_for(user, key));
+        }
         let stored: i64 = self.exec(Op::Script(&inv)).await?;
         Ok(if stored == 1 {
             Created::Created
@@ -498,19 +536,48 @@ impl SessionStore for RedisStore {
         .ok();
         let mut expected = base.clone();
         let mut record = ours.clone();
+        // The user the stored value belongs to, when known. Unless this request changed the user,
+        // it is the loaded one, which `ours` still carries (and the digest check proves it is still
+        // stored). When it changed, the script checks the stored JSON and answers the right one.
+        let mut stored_user: Option<Option<String>> = match &changes.user {
+            None => Some(ours.user.clone()),
+            Some(_) => None,
+        };
         let mut attempt = 0u32;
-        for _ in 0..self.inner.config.max_save_attempts {
+        let mut wrong_user_guesses = 0;
+        while attempt < self.inner.config.max_save_attempts {
             let mut inv = scripts().save.prepare_invoke();
-            inv.key(&rkey)
-                .key(self.index_key_for(key))
-                .arg(expected.as_str())
+            let believed = stored_user.clone().flatten();
+            let new_user = record.user.clone();
+            inv.key(&rkey).key(self.index_key_for(key));
+            if let Some(u) = &believed {
+                inv.key(self.user_key_for(u, key));
+            }
+            if let Some(u) = new_user.as_ref().filter(|u| Some(*u) != believed.as_ref()) {
+                inv.key(self.user_key_for(u, key));
+            }
+            inv.arg(expected.as_str())
                 .arg(record.to_json())
                 .arg(self.ttl_ms(&record))
                 .arg(record.expires.as_millis())
-                .arg(key.as_str());
+                .arg(key.as_str())
+                .arg(user_arg(believed.as_deref()))
+                .arg(user_arg(new_user.as_deref()))
+                .arg(if stored_user.is_none() { "1" } else { "0" })
+                .arg(self.now_ms());
             match self.exec::<SaveReply>(Op::Script(&inv)).await? {
                 SaveReply::Saved => return Ok(Saved::Saved),
                 SaveReply::Gone => return Ok(Saved::Gone),
+                SaveReply::WrongUser(actual) => {
+                    // Not a conflict: the stored value is the one we expected, only its user was not
+                    // known here. Name the right set and go again at once (bounded).
+                    stored_user = Some(actual);
+                    wrong_user_guesses += 1;
+                    if wrong_user_guesses > 2 {
+                        break;
+                    }
+                    continue;
+                }
                 SaveReply::Changed(current) => {
                     Metrics::global().count(Event::SaveConflict);
                     let Ok(mut merged) = Record::from_json(&current) else {
@@ -519,6 +586,8 @@ impl SessionStore for RedisStore {
                         self.warn_corrupt(&rkey, &"corrupt value found while saving");
                         return Ok(Saved::Gone);
                     };
+                    // The value we now expect is `current`, whose user is exactly known.
+                    stored_user = Some(merged.user.clone());
                     merged.merge(changes, ours);
                     expected = version_of(&current);
                     record = merged;
@@ -541,15 +610,188 @@ impl SessionStore for RedisStore {
         )))
     }
 
+    /// One script call for a session without a user; a session with one costs a second call (the
+    /// first one finds out whose set to update: see the scripts' docs).
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let mut inv = scripts().delete.prepare_invoke();
-        inv.key(self.redis_key(key))
-            .key(self.index_key_for(key))
-            .arg(key.as_str());
-        let n: i64 = self.exec(Op::Script(&inv)).await?;
-        Ok(n > 0)
+        self.delete_as(key, None, false).await
+    }
+
+    /// Prunes the user's set (expired members), reads the members' sessions, and lazily drops members
+    /// whose session key is gone. At most [`MAX_USER_SESSIONS`] sessions, soonest expiry first.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<Summary>, StoreError> {
+        let mut sessions = self.user_page(user, MAX_USER_SESSIONS).await?;
+        super::sort_user_sessions(&mut sessions);
+        Ok(sessions)
+    }
+
+    /// Deletes each listed session with its user named, in one script call each: a session whose user
+    /// changed since the listing is left alone (it is someone else's now).
+    async fn revoke_user_sessions(
+        &self,
+        user: &str,
+        keep: Option<&StoreKey>,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        // Rounds until a round finds nothing more to delete (a user with more sessions than one
+        // listing holds), bounded.
+        for _ in 0..64 {
+            let batch = self.user_page(user, REVOKE_BATCH).await?;
+            let mut round = 0;
+            for s in &batch {
+                if Some(&s.id) != keep && self.delete_as(&s.id, Some(user), true).await? {
+                    round += 1;
+                }
+            }
+            deleted += round;
+            if round == 0 || batch.len() < REVOKE_BATCH {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 }
+
+/// `user:<user>` for readable ids, `user:#<sha1 hex>` otherwise (see [`RedisStore::user_key`]).
+fn user_suffix(user: &str) -> String {
+    let readable = !user.is_empty()
+        && user.len() <= 64
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'));
+    if readable {
+        format!("user:{user}")
+    } else {
+        format!("user:#{}", sha1_smol::Sha1::from(user.as_bytes()).digest())
+    }
+}
+
+/// A user as the scripts take it: `''` for none, `'=' .. user` otherwise.
+fn user_arg(user: Option<&str>) -> String {
+    user.map_or_else(String::new, |u| format!("={u}"))
+}
+
+/// A user as the scripts answer it.
+fn parse_user_arg(v: &str) -> Option<String> {
+    v.strip_prefix('=').map(str::to_owned)
+}
+
+impl RedisStore {
+    /// Deletes a session, naming `user` as its stored user. When the session belongs to someone else:
+    /// with `strict`, nothing is deleted (`false`); otherwise the right set is named and the delete
+    /// goes again.
+    async fn delete_as(
+        &self,
+        key: &StoreKey,
+        user: Option<&str>,
+        strict: bool,
+    ) -> Result<bool, StoreError> {
+        let mut believed: Option<String> = user.map(str::to_owned);
+        for _ in 0..3 {
+            let mut inv = scripts().delete.prepare_invoke();
+            inv.key(self.redis_key(key)).key(self.index_key_for(key));
+            if let Some(u) = &believed {
+                inv.key(self.user_key_for(u, key));
+            }
+            inv.arg(key.as_str())
+                .arg(user_arg(believed.as_deref()))
+                .arg(self.now_ms());
+            let reply: Vec<redis::Value> = self.exec(Op::Script(&inv)).await?;
+            let mut reply = reply.into_iter();
+            let n: i64 = match reply.next() {
+                Some(v) => redis::FromRedisValue::from_redis_value(v).map_err(|e| {
+                    backend(format!("unexpected answer from the delete script: {e}"))
+                })?,
+                None => return Err(backend("empty answer from the delete script")),
+            };
+            if n >= 0 {
+                return Ok(n > 0);
+            }
+            if strict {
+                return Ok(false);
+            }
+            let actual: Option<String> = match reply.next() {
+                Some(v) => redis::FromRedisValue::from_redis_value(v).map_err(|e| {
+                    backend(format!("unexpected answer from the delete script: {e}"))
+                })?,
+                None => None,
+            };
+            believed = actual.as_deref().and_then(parse_user_arg);
+        }
+        Err(backend(
+            "delete kept finding a different user on the session (concurrent user changes)",
+        ))
+    }
+
+    /// Up to `limit` of the user's live sessions, repairing the set on the way. In cluster mode the
+    /// user's sets are visited shard by shard.
+    async fn user_page(&self, user: &str, limit: usize) -> Result<Vec<Summary>, StoreError> {
+        let mut sessions = Vec::new();
+        for ukey in self.inner.layout.user_keys(&user_suffix(user)) {
+            if sessions.len() >= limit {
+                break;
+            }
+            let more = self
+                .user_page_in(&ukey, user, limit - sessions.len())
+                .await?;
+            sessions.extend(more);
+        }
+        Ok(sessions)
+    }
+
+    /// [`RedisStore::user_page`] within one user set (all its members share its hash slot).
+    async fn user_page_in(
+        &self,
+        ukey: &str,
+        user: &str,
+        limit: usize,
+    ) -> Result<Vec<Summary>, StoreError> {
+        let layout = &self.inner.layout;
+        let mut inv = scripts().user_list.prepare_invoke();
+        inv.key(ukey).arg(self.now_ms()).arg(limit);
+        let members: Vec<String> = self.exec(Op::Script(&inv)).await?;
+        let now = self.inner.config.clock.now();
+        let mut sessions = Vec::with_capacity(members.len());
+        let mut gone: Vec<&String> = Vec::new();
+        for chunk in members.chunks(USER_MGET_CHUNK) {
+            let names: Vec<String> = chunk.iter().map(|m| layout.session_key_of(m)).collect();
+            let values: Vec<Option<Vec<u8>>> =
+                self.exec(Op::Cmd(redis::cmd("MGET").arg(&names))).await?;
+            for ((member, name), value) in chunk.iter().zip(&names).zip(values) {
+                let Ok(id) = StoreKey::parse(member) else {
+                    gone.push(member);
+                    continue;
+                };
+                match value.map(|v| Record::from_json(&v)) {
+                    None => gone.push(member),
+                    Some(Ok(r)) if !r.is_expired(now) && r.user.as_deref() == Some(user) => {
+                        sessions.push(r.summary(id))
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => self.warn_corrupt(name, &e),
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let mut inv = scripts().user_repair.prepare_invoke();
+            inv.key(ukey);
+            for m in &gone {
+                inv.key(layout.session_key_of(m)).arg(*m);
+            }
+            // A failure here only delays the repair.
+            if let Err(e) = self.exec::<u64>(Op::Script(&inv)).await {
+                tracing::debug!(error = %e, "could not drop stale user-set entries");
+            }
+        }
+        Ok(sessions)
+    }
+}
+
+/// The most sessions [`SessionStore::user_sessions`] answers for one user.
+pub const MAX_USER_SESSIONS: usize = 10_000;
+/// Sessions listed per round of a revoke.
+const REVOKE_BATCH: usize = 1000;
+/// Session values fetched per `MGET` when listing a user's sessions.
+const USER_MGET_CHUNK: usize = 500;
 
 /// Number of striped save locks (a few tens of KiB; collisions between sessions are rare).
 const SAVE_LOCK_STRIPES: usize = 1024;
@@ -680,11 +922,7 @@ impl RedisStore {
                         }
                     };
                     if corrupt {
-                        let mut inv = scripts().delete.prepare_invoke();
-                        inv.key(*rkey)
-                            .key(layout.index_of(id.as_str()))
-                            .arg(id.as_str());
-                        let n: u64 = self.exec(Op::Script(&inv)).await?;
+                        let n = u64::from(self.delete_as(id, None, false).await?);
                         if n > 0 {
                             tracing::info!(key = %rkey, "cleanup removed a corrupt session value");
                         }

@@ -1,14 +1,46 @@
 //! The Lua scripts that keep a session's value and its index entry in step, atomically.
 //!
-//! Every script names both keys it writes in `KEYS` (the session and `<prefix>index`), so Redis
-//! runs it as one step: no reader ever sees a session without its index entry or the reverse.
+//! Every script names every key it touches in `KEYS` (the session, `<prefix>index`, and the user sets
+//! of the session's old and new user), so Redis runs it as one step: no reader ever sees a session
+//! without its index entries or the reverse. A script never derives a key name itself: when the caller
+//! may not know a session's stored user (a delete, a save that changes the user), the script checks
+//! the caller's belief against the stored JSON and answers the right user instead of writing, and the
+//! caller tries again naming the right set. That keeps the key layout in Rust
+//! ([`super::RedisStore::user_key`]) and every key declared, as Redis Cluster requires.
 
 use redis::Script;
 use std::sync::OnceLock;
 
-/// `SET NX PX` and index the session.
+/// The per-user index's upkeep, shared by the scripts that write one: drops members whose sessions
+/// have expired (their score is the session's expiry) and pushes the set's own TTL out to its latest
+/// member's expiry, so the set never outlives the sessions it lists.
+const BOUND_USER_SET: &str = r"
+local function bound_user_set(k, now)
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  local top = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+  if #top == 2 then
+    local ttl = math.floor(tonumber(top[2]) - tonumber(now))
+    if ttl < 1 then ttl = 1 end
+    redis.call('PEXPIRE', k, ttl)
+  end
+end
+";
+
+/// The user a stored value belongs to, as the scripts compare it: `''` for none (or not a record),
+/// `'=' .. user` otherwise (so the empty user id is still a user).
+const STORED_USER: &str = r"
+local function stored_user(raw)
+  local ok, rec = pcall(cjson.decode, raw)
+  if ok and type(rec) == 'table' and type(rec.user) == 'string' then
+    return '=' .. rec.user
+  end
+  return ''
+end
+";
+
+/// `SET NX PX`, index the session, and add it to its user's set.
 ///
-/// KEYS: session, index. ARGV: value, ttl ms, expires (score), member, now.
+/// KEYS: session, index, [user set]. ARGV: value, ttl ms, expires (score), member, now.
 /// Answers 1 when stored, 0 when the key was taken. Also drops up to 8 index entries whose sessions
 /// expired, so the index does not grow without bound between cleanups (amortised, O(log n) each).
 const CREATE: &str = r"
@@ -20,33 +52,100 @@ local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[5], 'LIMIT', 0, 8)
 if #old > 0 then
   redis.call('ZREM', KEYS[2], unpack(old))
 end
+if KEYS[3] then
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+  bound_user_set(KEYS[3], ARGV[5])
+end
 return 1
 ";
 
-/// Compare-and-set by digest.
+/// Compare-and-set by digest, moving the session between user sets when its user changes.
 ///
-/// KEYS: session, index. ARGV: expected sha1 hex, value, ttl ms, expires (score), member.
+/// KEYS: session, index, then the user sets named by ARGV[6] and ARGV[7] (the stored user's, then the
+/// new user's when it differs). ARGV: expected sha1 hex, value, ttl ms, expires (score), member,
+/// stored user as the caller believes it (`''` none, `'=' .. user`), new user (same encoding),
+/// `'1'` to check the stored user (the caller does not know it), now.
+///
 /// Answers `{0}` when the session is gone (or not a string: not ours to overwrite), writing
 /// nothing and never recreating it; `{1}` when the stored value still had the expected digest and
-/// the new value is written (TTL refreshed); `{2, current}` otherwise, for the caller to merge.
+/// the new value is written (TTL refreshed); `{2, current}` otherwise, for the caller to merge;
+/// `{3, stored user}` when asked to check the stored user and it is not the one the caller named
+/// (nothing written: the caller names the right set and tries again).
 const SAVE: &str = r"
+local oldk, newk
+local i = 3
+if ARGV[6] ~= '' then oldk = KEYS[i]; i = i + 1 end
+if ARGV[7] ~= '' then
+  if ARGV[7] == ARGV[6] then newk = oldk else newk = KEYS[i] end
+end
 local cur = redis.pcall('GET', KEYS[1])
 if (type(cur) == 'table' and cur.err) or not cur then
   redis.call('ZREM', KEYS[2], ARGV[5])
+  if oldk then redis.call('ZREM', oldk, ARGV[5]) end
   return {0}
 end
 if redis.sha1hex(cur) ~= ARGV[1] then
   return {2, cur}
 end
+if ARGV[8] == '1' then
+  local su = stored_user(cur)
+  if su ~= ARGV[6] then return {3, su} end
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+if oldk and oldk ~= newk then
+  redis.call('ZREM', oldk, ARGV[5])
+  bound_user_set(oldk, ARGV[9])
+end
+if newk then
+  redis.call('ZADD', newk, ARGV[4], ARGV[5])
+  bound_user_set(newk, ARGV[9])
+end
 return {1}
 ";
 
-/// KEYS: session, index. ARGV: member. Answers how many keys were deleted (0 or 1).
+/// Deletes a session with its index entry and its user-set entry.
+///
+/// KEYS: session, index, [the user set of ARGV[2]]. ARGV: member, the stored user as the caller
+/// believes it (`''` none, `'=' .. user`), now.
+/// Answers `{n}` (keys deleted, 0 or 1), or `{-1, stored user}` without deleting anything when the
+/// session belongs to another user than the caller named (the caller names the right set and tries
+/// again).
 const DELETE: &str = r"
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) == 'string' then
+  local su = stored_user(cur)
+  if su ~= ARGV[2] then return {-1, su} end
+end
 local n = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+if KEYS[3] then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  bound_user_set(KEYS[3], ARGV[3])
+end
+return {n}
+";
+
+/// A user's sessions: prunes expired members, then answers up to ARGV[2] members, soonest expiry
+/// first.
+///
+/// KEYS: user set. ARGV: now, count.
+const USER_LIST: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+";
+
+/// Drops members of a user set whose session key no longer exists (evicted, deleted behind the
+/// store's back), checked inside the script so a session created meanwhile is never dropped.
+///
+/// KEYS: user set, then one session key per member. ARGV: the members. Answers how many went.
+const USER_REPAIR: &str = r"
+local n = 0
+for i, m in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    n = n + redis.call('ZREM', KEYS[1], m)
+  end
+end
 return n
 ";
 
@@ -85,16 +184,20 @@ pub(super) struct Scripts {
     pub(super) delete: Script,
     pub(super) page: Script,
     pub(super) trim: Script,
+    pub(super) user_list: Script,
+    pub(super) user_repair: Script,
 }
 
 /// The scripts, hashed once per process.
 pub(super) fn scripts() -> &'static Scripts {
     static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
-        create: Script::new(CREATE),
-        save: Script::new(SAVE),
-        delete: Script::new(DELETE),
+        create: Script::new(&[BOUND_USER_SET, CREATE].concat()),
+        save: Script::new(&[BOUND_USER_SET, STORED_USER, SAVE].concat()),
+        delete: Script::new(&[BOUND_USER_SET, STORED_USER, DELETE].concat()),
         page: Script::new(PAGE),
         trim: Script::new(TRIM),
+        user_list: Script::new(USER_LIST),
+        user_repair: Script::new(USER_REPAIR),
     })
 }
