@@ -70,6 +70,33 @@ impl RedisStore {
         Ok(out.into_iter().flatten().collect())
     }
 
+    /// `cmd` on the node `node`: through the cluster connection for a master, over a one-off
+    /// connection for a replica (the cluster connection holds masters only). Bounded by the connect
+    /// and command timeouts.
+    async fn on_node<T: redis::FromRedisValue>(
+        &self,
+        node: &ClusterNode,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        if node.role == "master" {
+            return self.exec(Op::OnNode(&node.addr, cmd)).await;
+        }
+        let cfg = &self.inner.config;
+        let limit = cfg.connect_timeout + cfg.command_timeout;
+        let direct = async {
+            let mut conn = super::topology::Connector::direct(cfg, &node.addr).await?;
+            cmd.query_async::<T>(&mut conn).await
+        };
+        match tokio::time::timeout(limit, direct).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(super::map_error(e, cfg.command_timeout)),
+            Err(_) => Err(StoreError::Timeout {
+                backend: StoreKind::Redis,
+                after: limit,
+            }),
+        }
+    }
+
     /// The cluster's node table (`CLUSTER NODES` from one node).
     pub(super) async fn cluster_nodes(&self) -> Result<Vec<ClusterNode>, StoreError> {
         let text: String = self
@@ -152,11 +179,11 @@ impl RedisStore {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, node) in nodes.iter().enumerate() {
             let store = self.clone();
-            let addr = node.addr.clone();
+            let node = node.clone();
             tasks.spawn(async move {
                 let start = Instant::now();
                 let pong: Result<String, StoreError> =
-                    store.exec(Op::OnNode(&addr, &redis::cmd("PING"))).await;
+                    store.on_node(&node, &redis::cmd("PING")).await;
                 (i, pong.map(|_| start.elapsed()))
             });
         }
@@ -255,9 +282,8 @@ impl RedisStore {
         for node in nodes {
             let store = self.clone();
             tasks.spawn(async move {
-                let text: Result<String, StoreError> = store
-                    .exec(Op::OnNode(&node.addr, &redis::cmd("INFO")))
-                    .await;
+                let text: Result<String, StoreError> =
+                    store.on_node(&node, &redis::cmd("INFO")).await;
                 (node.addr, text)
             });
         }

@@ -286,6 +286,39 @@ impl Connector {
         }
     }
 
+    /// A one-off connection to the node at `addr` (`host:port`) with the configuration's credentials
+    /// and TLS: for replicas, which a cluster connection does not hold (health and `INFO` per node).
+    pub(super) async fn direct(config: &RedisConfig, addr: &str) -> RedisResult<Conn> {
+        let (host, port) = split_addr(addr).ok_or_else(|| {
+            RedisError::from((
+                redis::ErrorKind::Client,
+                "bad node address",
+                addr.to_owned(),
+            ))
+        })?;
+        let url = config.node_url(&NodeAddr { host, port });
+        #[cfg(feature = "redis-tls")]
+        let client = match (&config.tls_ca_cert, config.tls()) {
+            (Some(pem), true) => redis::Client::build_with_tls(
+                url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            )?,
+            _ => redis::Client::open(url.as_str())?,
+        };
+        #[cfg(not(feature = "redis-tls"))]
+        let client = redis::Client::open(url.as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.command_timeout))
+            .set_number_of_retries(0);
+        ConnectionManager::new_with_config(client, manager_config)
+            .await
+            .map(Conn::Single)
+    }
+
     /// Whether this is a cluster.
     pub(super) fn is_cluster(&self) -> bool {
         matches!(self, Connector::Cluster(_))
