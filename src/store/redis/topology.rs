@@ -22,7 +22,9 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
-/// How the store reaches Redis (see the module docs).
+/// How the store reaches Redis (see the module docs). One per store, built once: the size of its
+/// variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Connector {
     /// One server (or a primary behind a stable address).
     Single(redis::Client),
