@@ -1,18 +1,18 @@
 //! The failover store over a real redis-server (started, killed, frozen and restarted by the tests) and
 //! real files in a tempdir, driven over real HTTP on loopback.
 
+#[path = "support/apps.rs"]
+mod apps;
 #[path = "support/http.rs"]
 mod http_support;
 mod support;
 
-use axum::routing::{get, post};
-use axum::Router;
 use http_support::Browser;
 use sessionforge::id::Token;
 use sessionforge::shutdown::Shutdown;
 use sessionforge::store::redis::{RedisConfig, RedisStore};
 use sessionforge::store::{FailoverStore, FileStore, ManagedStore, SessionStore, StoreKind};
-use sessionforge::{Session, SessionError, SessionLayer};
+use sessionforge::SessionLayer;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::RedisServer;
@@ -30,24 +30,6 @@ struct App {
     _dir: tempfile::TempDir,
 }
 
-fn routes() -> Router {
-    Router::new()
-        .route(
-            "/incr",
-            post(|s: Session| async move {
-                let n: u64 = s.get("n").await?.unwrap_or(0) + 1;
-                s.insert("n", n).await?;
-                Ok::<_, SessionError>(n.to_string())
-            }),
-        )
-        .route(
-            "/read",
-            get(|s: Session| async move {
-                Ok::<_, SessionError>(s.get::<u64>("n").await?.unwrap_or(0).to_string())
-            }),
-        )
-}
-
 async fn app(redis_port: u16) -> App {
     let dir = tempfile::tempdir().unwrap();
     let config = RedisConfig::new(format!("redis://127.0.0.1:{redis_port}"))
@@ -61,7 +43,7 @@ async fn app(redis_port: u16) -> App {
         .with_startup_timeout(Duration::from_secs(1))
         .start(&shutdown)
         .await;
-    let router = routes().layer(SessionLayer::new(store.clone()).with_shutdown(&shutdown));
+    let router = apps::counter().layer(SessionLayer::new(store.clone()).with_shutdown(&shutdown));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let signal = shutdown.signal();

@@ -1,19 +1,19 @@
 //! The failover store's logic over two memory stores, with a primary that can be switched off. The
 //! same store over a real redis-server and real files is tested in `failover.rs`.
 
+#[path = "support/apps.rs"]
+mod apps;
 #[path = "support/http.rs"]
 mod http_support;
 #[path = "support/recording.rs"]
 mod recording;
 
-use axum::routing::{get, post};
-use axum::Router;
 use http_support::{serve, Browser};
 use recording::Recording;
 use sessionforge::id::Token;
 use sessionforge::shutdown::Shutdown;
 use sessionforge::store::{FailoverStore, ManagedStore, MemoryStore, SessionStore, StoreKind};
-use sessionforge::{Session, SessionError, SessionLayer};
+use sessionforge::SessionLayer;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -36,29 +36,7 @@ async fn setup(
         .with_check_interval(Duration::from_secs(3600))
         .start(&shutdown)
         .await;
-    let app = Router::new()
-        .route(
-            "/incr",
-            post(|s: Session| async move {
-                let n: u64 = s.get("n").await?.unwrap_or(0) + 1;
-                s.insert("n", n).await?;
-                Ok::<_, SessionError>(n.to_string())
-            }),
-        )
-        .route(
-            "/read",
-            get(|s: Session| async move {
-                Ok::<_, SessionError>(s.get::<u64>("n").await?.unwrap_or(0).to_string())
-            }),
-        )
-        .route(
-            "/logout",
-            post(|s: Session| async move {
-                s.destroy().await?;
-                Ok::<_, SessionError>("bye")
-            }),
-        )
-        .layer(SessionLayer::new(store.clone()));
+    let app = apps::counter().layer(SessionLayer::new(store.clone()));
     let b = Browser::new(serve(app).await);
     (store, primary, fallback, b, shutdown)
 }
@@ -315,16 +293,7 @@ async fn an_outage_write_in_the_same_millisecond_as_the_primarys_copy_still_wins
         .with_check_interval(Duration::from_secs(3600))
         .start(&shutdown)
         .await;
-    let app = Router::new()
-        .route(
-            "/incr",
-            post(|s: Session| async move {
-                let n: u64 = s.get("n").await?.unwrap_or(0) + 1;
-                s.insert("n", n).await?;
-                Ok::<_, SessionError>(n.to_string())
-            }),
-        )
-        .layer(SessionLayer::new(store.clone()).with_clock(clock.clone()));
+    let app = apps::counter().layer(SessionLayer::new(store.clone()).with_clock(clock.clone()));
     let mut b = Browser::new(serve(app).await);
     assert_eq!(b.post("/incr", "").await.body, "1");
     primary.fail.store(true, Ordering::SeqCst);

@@ -6,12 +6,14 @@
 //!
 //! (Corrupt data planted in Redis and in session files is in `tests/stores_hostile.rs`.)
 
+#[path = "support/apps.rs"]
+mod apps;
 #[path = "support/http.rs"]
 mod http_support;
 #[path = "support/recording.rs"]
 mod recording;
 
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::Router;
 use http::{Request, StatusCode};
 use http_body_util::Full;
@@ -39,22 +41,7 @@ async fn bounded<T>(fut: impl Future<Output = T>) -> T {
 /// A small app: a counter, a key setter, a payload sink, and admin at `/api/sessions` (open, since
 /// these tests are about input, not access).
 fn app(layer: SessionLayer, store: MemoryStore) -> Router {
-    Router::new()
-        .route(
-            "/incr",
-            post(|s: Session| async move {
-                let n: u64 = s.get("n").await?.unwrap_or(0) + 1;
-                s.insert("n", n).await?;
-                Ok::<_, SessionError>(n.to_string())
-            }),
-        )
-        .route(
-            "/read",
-            get(|s: Session| async move {
-                let n: u64 = s.get("n").await?.unwrap_or(0);
-                Ok::<_, SessionError>(n.to_string())
-            }),
-        )
+    apps::counter()
         .route(
             "/put",
             post(|s: Session, body: String| async move {

@@ -1,6 +1,8 @@
 //! The session layer end to end: real Axum servers on loopback, a hand-held cookie, and stores that
 //! record every call.
 
+#[path = "support/apps.rs"]
+mod apps;
 #[path = "support/http.rs"]
 mod http_support;
 #[path = "support/recording.rs"]
@@ -21,23 +23,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn app(layer: SessionLayer) -> Router {
-    Router::new()
+    apps::counter()
         .route("/untouched", get(|| async { "hi" }))
-        .route(
-            "/read",
-            get(|s: Session| async move {
-                let n: u64 = s.get("n").await?.unwrap_or(0);
-                Ok::<_, SessionError>(n.to_string())
-            }),
-        )
-        .route(
-            "/incr",
-            post(|s: Session| async move {
-                let n: u64 = s.get("n").await?.unwrap_or(0) + 1;
-                s.insert("n", n).await?;
-                Ok::<_, SessionError>(n.to_string())
-            }),
-        )
         .route(
             "/set/{k}",
             post(|s: Session, Path(k): Path<String>| async move {
@@ -59,13 +46,6 @@ fn app(layer: SessionLayer) -> Router {
                 s.cycle_id().await?;
                 s.set_user(Some("alice".into())).await?;
                 Ok::<_, SessionError>("ok")
-            }),
-        )
-        .route(
-            "/logout",
-            post(|s: Session| async move {
-                s.destroy().await?;
-                Ok::<_, SessionError>("bye")
             }),
         )
         .route(

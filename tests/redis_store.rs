@@ -209,6 +209,8 @@ async fn create_on_a_taken_key_answers_exists_and_keeps_the_first_value() {
     assert_eq!(store.create(&k, &second).await.unwrap(), Created::Exists);
     let loaded = store.load(&k).await.unwrap().unwrap();
     assert_eq!(loaded.record.data["who"], "first");
+    // The same create again (a retry after a dropped connection lost the first answer) succeeded.
+    assert_eq!(store.create(&k, &first).await.unwrap(), Created::Created);
     // The version is the SHA-1 that Redis's own sha1hex computes over the stored bytes.
     let lua = server.cli(&[
         "EVAL",

@@ -26,6 +26,10 @@
 //!   when Redis dies. Sessions this instance has not served since (another instance's, or ones pushed
 //!   out of the cache) cannot be read until Redis is back: their clients start fresh sessions. A
 //!   request that was loading a session as Redis went away keeps it too: its view is written to files.
+//! * With several instances, the cache only knows this instance's view: a session another instance
+//!   deleted (logout, revoke) shortly before the outage can be restored here from the cache. Where
+//!   that matters more than keeping users logged in through an outage, turn the cache off with
+//!   `with_recent_sessions(0)`.
 //! * After failback, sessions Redis kept (it was restarted with persistence, or only the network
 //!   failed) are reachable again, and so are the ones created during the outage. Sessions deleted during
 //!   the outage (logout, admin delete) are deleted from Redis too at failback, so they do not come back.

@@ -977,17 +977,7 @@ mod tests {
     use crate::id::Token;
     use serde_json::json;
 
-    fn record(now: Timestamp, ttl: Duration) -> Record {
-        Record {
-            created_at: now,
-            last_access: now,
-            expires: now.plus(ttl),
-            deadline: now.plus(ttl * 10),
-            user_agent: None,
-            user: None,
-            data: json!({"n": 1}).as_object().unwrap().clone(),
-        }
-    }
+    use crate::store::test_record as record;
 
     #[test]
     fn only_well_formed_session_names_are_session_files() {

@@ -302,17 +302,7 @@ mod tests {
     use serde_json::json;
     use std::time::Duration;
 
-    fn record(now: Timestamp, ttl: Duration) -> Record {
-        Record {
-            created_at: now,
-            last_access: now,
-            expires: now.plus(ttl),
-            deadline: now.plus(ttl * 10),
-            user_agent: None,
-            user: None,
-            data: json!({"n": 1}).as_object().unwrap().clone(),
-        }
-    }
+    use crate::store::test_record as record;
 
     #[tokio::test]
     async fn entries_expire_on_the_store_clock() {

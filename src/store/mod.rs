@@ -184,6 +184,21 @@ impl ChangeSet {
     }
 }
 
+/// A record created at `now`, expiring `ttl` later (absolute deadline ten times that), holding
+/// `{"n": 1}`: the stores' unit tests share it.
+#[cfg(test)]
+pub(crate) fn test_record(now: Timestamp, ttl: Duration) -> Record {
+    Record {
+        created_at: now,
+        last_access: now,
+        expires: now.plus(ttl),
+        deadline: now.plus(ttl * 10),
+        user_agent: None,
+        user: None,
+        data: serde_json::json!({"n": 1}).as_object().unwrap().clone(),
+    }
+}
+
 /// `current` (an integer, or nothing / anything else counting as 0) plus `by`, saturating.
 pub(crate) fn add_to(current: Option<&Value>, by: i64) -> i64 {
     current

@@ -361,6 +361,19 @@ impl RedisStore {
         }
     }
 
+    /// Removes `members` from the sorted set `set` (the index or a user set) where their session key
+    /// does not exist, checked atomically: a session created meanwhile under the same key stays.
+    async fn drop_stale<M: AsRef<str>>(&self, set: &str, members: &[M]) -> Result<u64, StoreError> {
+        let mut inv = scripts().repair.prepare_invoke();
+        inv.key(set);
+        for m in members {
+            // In cluster mode `set` is a shard's and every member is in that shard: one slot.
+            inv.key(self.inner.layout.session_key_of(m.as_ref()))
+                .arg(m.as_ref());
+        }
+        self.exec(Op::Script(&inv)).await
+    }
+
     /// Logs a corrupt or foreign value once per key (bounded memory), not on every request.
     fn warn_corrupt(&self, redis_key: &str, why: &dyn std::fmt::Display) {
         let first = match self.inner.warned.lock() {
@@ -772,13 +785,8 @@ impl RedisStore {
             }
         }
         if !gone.is_empty() {
-            let mut inv = scripts().user_repair.prepare_invoke();
-            inv.key(ukey);
-            for m in &gone {
-                inv.key(layout.session_key_of(m)).arg(*m);
-            }
             // A failure here only delays the repair.
-            if let Err(e) = self.exec::<u64>(Op::Script(&inv)).await {
+            if let Err(e) = self.drop_stale(ukey, &gone).await {
                 tracing::debug!(error = %e, "could not drop stale user-set entries");
             }
         }
@@ -851,10 +859,7 @@ impl RedisStore {
                         .map(|(m, _)| *m)
                         .collect();
                     if !gone.is_empty() {
-                        let n: u64 = self
-                            .exec(Op::Cmd(redis::cmd("ZREM").arg(index).arg(&gone)))
-                            .await?;
-                        removed += n;
+                        removed += self.drop_stale(index, &gone).await?;
                     }
                 }
                 if next == 0 {
@@ -1056,8 +1061,8 @@ impl ManagedStore for RedisStore {
                 Some(Err(e)) => self.warn_corrupt(name, &e),
             }
         }
-        // Lazily drop index entries whose session is gone (one ZREM per index). A failure here
-        // only delays it.
+        // Lazily drop index entries whose session is gone (one call per index: in cluster mode a
+        // shard's entries share its slot). A failure here only delays it.
         let mut by_index: std::collections::BTreeMap<&str, Vec<&String>> = Default::default();
         for m in &gone {
             by_index
@@ -1066,10 +1071,7 @@ impl ManagedStore for RedisStore {
                 .push(m);
         }
         for (index, members) in by_index {
-            let dropped: Result<u64, _> = self
-                .exec(Op::Cmd(redis::cmd("ZREM").arg(index).arg(&members)))
-                .await;
-            if let Err(e) = dropped {
+            if let Err(e) = self.drop_stale(index, &members).await {
                 tracing::debug!(error = %e, "could not drop stale index entries");
             }
         }

@@ -41,10 +41,14 @@ end
 /// `SET NX PX`, index the session, and add it to its user's set.
 ///
 /// KEYS: session, index, [user set]. ARGV: value, ttl ms, expires (score), member, now.
-/// Answers 1 when stored, 0 when the key was taken. Also drops up to 8 index entries whose sessions
+/// Answers 1 when stored (or when the key already holds exactly this value: a retried create whose
+/// first answer was lost), 0 when the key was taken. Also drops up to 8 index entries whose sessions
 /// expired, so the index does not grow without bound between cleanups (amortised, O(log n) each).
 const CREATE: &str = r"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  -- The very value we are creating: this is a retry of a create whose answer was lost (the
+  -- connection dropped after Redis ran it). It succeeded; say so.
+  if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
   return 0
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
@@ -135,11 +139,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 ";
 
-/// Drops members of a user set whose session key no longer exists (evicted, deleted behind the
-/// store's back), checked inside the script so a session created meanwhile is never dropped.
+/// Drops members of a sorted set (the index, a user set) whose session key no longer exists (expired,
+/// evicted, deleted behind the store's back), checked inside the script so a session created
+/// meanwhile under the same key is never dropped.
 ///
-/// KEYS: user set, then one session key per member. ARGV: the members. Answers how many went.
-const USER_REPAIR: &str = r"
+/// KEYS: the set, then one session key per member. ARGV: the members. Answers how many went.
+const REPAIR: &str = r"
 local n = 0
 for i, m in ipairs(ARGV) do
   if redis.call('EXISTS', KEYS[i + 1]) == 0 then
@@ -185,7 +190,7 @@ pub(super) struct Scripts {
     pub(super) page: Script,
     pub(super) trim: Script,
     pub(super) user_list: Script,
-    pub(super) user_repair: Script,
+    pub(super) repair: Script,
 }
 
 /// The scripts, hashed once per process.
@@ -198,6 +203,6 @@ pub(super) fn scripts() -> &'static Scripts {
         page: Script::new(PAGE),
         trim: Script::new(TRIM),
         user_list: Script::new(USER_LIST),
-        user_repair: Script::new(USER_REPAIR),
+        repair: Script::new(REPAIR),
     })
 }
