@@ -367,3 +367,60 @@ async fn sentinel_failover_reconnects_to_the_new_master() {
     let h = store.health().await;
     assert!(h.healthy, "{h:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_acks_a_sentinel_failover_loses_no_acknowledged_write() {
+    let setup = SentinelSetup::start();
+    let config = RedisConfig::new("redis://127.0.0.1")
+        .unwrap()
+        .with_sentinel(setup.sentinel_addrs(), MASTER_NAME)
+        .unwrap()
+        .with_prefix(PREFIX)
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_command_timeout(Duration::from_millis(500))
+        .with_replica_acks(1, Duration::from_millis(200));
+    let store = RedisStore::new(config).unwrap();
+    let writer = Writer::start(store.clone());
+    writer.wait_acked(50).await;
+    setup.failover();
+    writer.wait_acked(writer.acked() + 50).await;
+    let (acked, failed) = writer.stop().await;
+    let lost = missing(&store, &acked).await;
+    println!(
+        "sentinel failover with WAIT 1: {} sessions acknowledged, {} writes refused, {} lost",
+        acked.len(),
+        failed,
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost although each reached a replica",
+        lost.len()
+    );
+}
+
+#[tokio::test]
+async fn replica_acks_refuse_writes_no_replica_has_and_a_cluster_refuses_the_setting() {
+    let server = support::RedisServer::start();
+    let store = RedisStore::new(
+        RedisConfig::new(server.url())
+            .unwrap()
+            .with_replica_acks(1, Duration::from_millis(50)),
+    )
+    .unwrap();
+    // No replica: the write happens on the master, but nobody may be told it is safe.
+    let err = store
+        .create(&key(), &record(None, json!({"x": 1})))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(err.root_cause().contains("0 of 1 replicas"), "{err}");
+
+    let cluster = RedisConfig::new("redis://127.0.0.1:7000")
+        .unwrap()
+        .with_cluster_nodes(["127.0.0.1:7000"])
+        .unwrap()
+        .with_replica_acks(1, Duration::from_millis(50));
+    let err = RedisStore::new(cluster).unwrap_err();
+    assert!(err.to_string().contains("not a cluster"), "{err}");
+}

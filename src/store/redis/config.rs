@@ -114,6 +114,7 @@ pub struct RedisConfig {
     pub(crate) tls_ca_cert: Option<Vec<u8>>,
     pub(crate) topology: Topology,
     pub(crate) sentinel_auth: Option<(Option<String>, String)>,
+    pub(crate) replica_acks: Option<(u32, Duration)>,
 }
 
 impl RedisConfig {
@@ -133,6 +134,7 @@ impl RedisConfig {
             tls_ca_cert: None,
             topology: Topology::Single,
             sentinel_auth: None,
+            replica_acks: None,
         })
     }
 
@@ -442,6 +444,21 @@ impl RedisConfig {
             });
         }
         Ok(out)
+    }
+
+    /// Makes every session write wait until `replicas` replicas have it (`WAIT`), for at most
+    /// `timeout`; a write that does not get there counts as the store being unavailable, so no client
+    /// is told a write was kept that a failover could discard (under [`FailoverStore`] it goes to the
+    /// fallback instead). Costs one more round trip per write. Redis replication is asynchronous:
+    /// without this, a master that fails over (Sentinel promotes its replica) can discard writes it
+    /// acknowledged in the meantime. For a single server or Sentinel; a cluster refuses it (its
+    /// `WAIT` would reach an arbitrary node).
+    ///
+    /// [`FailoverStore`]: crate::store::FailoverStore
+    pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_acks =
+            (replicas > 0).then_some((replicas, timeout.max(Duration::from_millis(1))));
+        self
     }
 
     /// Where the store reads the time to turn `expires` into a TTL (default: the system clock).

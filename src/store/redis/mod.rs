@@ -164,6 +164,12 @@ impl RedisStore {
             // redis-rs's rustls needs a process-wide crypto provider; keep one the application chose.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
+        if config.replica_acks.is_some() && matches!(config.topology, Topology::Cluster { .. }) {
+            return Err(ConfigError::InvalidTopology {
+                reason: "with_replica_acks is for a single server or Sentinel, not a cluster"
+                    .into(),
+            });
+        }
         let connector = Connector::new(&config)?;
         let layout = Layout::new(&config.prefix, connector.is_cluster());
         Ok(RedisStore {
@@ -361,6 +367,28 @@ impl RedisStore {
         }
     }
 
+    /// With [`RedisConfig::with_replica_acks`], waits until enough replicas have this connection's
+    /// writes; too few in time is `Unavailable`. Nothing to do otherwise.
+    async fn replicated(&self) -> Result<(), StoreError> {
+        let Some((replicas, timeout)) = self.inner.config.replica_acks else {
+            return Ok(());
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis() as u64);
+        let got: u32 = self.exec(Op::Cmd(&wait)).await?;
+        if got < replicas {
+            return Err(StoreError::Unavailable {
+                backend: StoreKind::Redis,
+                source: format!(
+                    "the write reached {got} of {replicas} replicas within {timeout:?}; \
+                     it may not survive a failover"
+                )
+                .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Removes `members` from the sorted set `set` (the index or a user set) where their session key
     /// does not exist, checked atomically: a session created meanwhile under the same key stays.
     async fn drop_stale<M: AsRef<str>>(&self, set: &str, members: &[M]) -> Result<u64, StoreError> {
@@ -519,6 +547,7 @@ impl SessionStore for RedisStore {
         }
         let stored: i64 = self.exec(Op::Script(&inv)).await?;
         Ok(if stored == 1 {
+            self.replicated().await?;
             Created::Created
         } else {
             Created::Exists
@@ -579,7 +608,10 @@ impl SessionStore for RedisStore {
                 .arg(if stored_user.is_none() { "1" } else { "0" })
                 .arg(self.now_ms());
             match self.exec::<SaveReply>(Op::Script(&inv)).await? {
-                SaveReply::Saved => return Ok(Saved::Saved),
+                SaveReply::Saved => {
+                    self.replicated().await?;
+                    return Ok(Saved::Saved);
+                }
                 SaveReply::Gone => return Ok(Saved::Gone),
                 SaveReply::WrongUser(actual) => {
                     // Not a conflict: the stored value is the one we expected, only its user was not
@@ -717,6 +749,9 @@ impl RedisStore {
                 None => return Err(backend("empty answer from the delete script")),
             };
             if n >= 0 {
+                if n > 0 {
+                    self.replicated().await?;
+                }
                 return Ok(n > 0);
             }
             if strict {
