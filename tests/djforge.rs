@@ -1,8 +1,10 @@
 //! The djforge example: its router (the same code the example runs) over real HTTP in Redis mode and
-//! in file mode, and the example binary itself as a process.
+//! in file mode and on a Redis Cluster, and the example binary itself as a process.
 
 #[path = "../examples/djforge/app.rs"]
 mod app;
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/http.rs"]
 mod http_support;
 mod support;
@@ -485,4 +487,80 @@ async fn the_demo_api_lists_a_users_devices_and_logs_out_everywhere_else() {
     assert_eq!(r["revokedSessions"], 1);
     assert_eq!(phone.get("/api/me").await.json()["user"], Value::Null);
     assert_eq!(laptop.get("/api/me").await.json()["user"], "alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_a_cluster_the_example_serves_sessions_and_reports_every_node() {
+    let c = cluster::RedisCluster::start(3, 1);
+    // Configured the way the example's main configures itself: the environment, then the prefix.
+    let seeds = c.seeds().join(",");
+    let config =
+        RedisConfig::from_lookup(|name| (name == "REDIS_CLUSTER_NODES").then(|| seeds.clone()))
+            .unwrap()
+            .with_prefix("djforge:sess:")
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_command_timeout(Duration::from_millis(500));
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = Shutdown::new();
+    let store = FailoverStore::new(RedisStore::new(config).unwrap(), FileStore::new(dir.path()))
+        .with_check_interval(Duration::from_secs(3600))
+        .start(&shutdown)
+        .await;
+    assert!(
+        !store.is_on_fallback(),
+        "the cluster answered the startup probe"
+    );
+    let layer = SessionLayer::new(store.clone()).with_shutdown(&shutdown);
+    let router = app::router(store, layer, AdminAuth::loopback_only());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+
+    let mut browsers = Vec::new();
+    for _ in 0..12 {
+        let mut b = Browser::new(addr);
+        assert_eq!(b.get("/api/me").await.json()["visits"], 1);
+        assert_eq!(b.get("/api/me").await.json()["visits"], 2);
+        browsers.push(b);
+    }
+    let r = browsers[0].post("/api/login", r#"{"user":"alice"}"#).await;
+    assert_eq!(r.json()["user"], "alice");
+    assert_eq!(browsers[0].get("/api/me").await.json()["user"], "alice");
+
+    let stats = get(addr, "/api/sessions/stats").await.json();
+    assert_eq!(stats["sessionStore"], "redis");
+    assert_eq!(stats["sessionCount"], 12, "{stats}");
+
+    let h = get(addr, "/api/health").await;
+    assert_eq!(h.status, StatusCode::OK);
+    let h = h.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["redis"], "healthy");
+    let nodes = h["nodes"].as_array().expect("health lists the nodes");
+    assert_eq!(nodes.len(), 6, "{h}");
+    assert_eq!(
+        nodes.iter().filter(|n| n["role"] == "master").count(),
+        3,
+        "{h}"
+    );
+    assert!(nodes.iter().all(|n| n["status"] == "healthy"), "{h}");
+
+    let info = get(addr, "/api/sessions/redis-info").await;
+    assert_eq!(info.status, StatusCode::OK, "{}", info.body);
+    let info = info.json();
+    let per_node = info["nodes"].as_object().expect("INFO per node");
+    assert!(per_node.len() >= 3, "{info}");
+    for (address, sections) in per_node {
+        assert!(
+            sections["server"]["redis_version"].is_string(),
+            "{address}: {sections}"
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //!
 //! * Listens on `PORT` (default 3001) on `HOST` (default 0.0.0.0).
 //! * Sessions in Redis per `REDIS_URL`, or `REDIS_HOST` / `REDIS_PORT` / `REDIS_PASSWORD` /
-//!   `REDIS_USERNAME` / `REDIS_DB` / `REDIS_TLS`, under the key prefix `djforge:sess:`. When Redis is
+//!   `REDIS_USERNAME` / `REDIS_DB` / `REDIS_TLS` (a cluster with `REDIS_CLUSTER_NODES`, Sentinel with
+//!   `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER`), under the key prefix `djforge:sess:`. When Redis is
 //!   not there it prints `⚠️  Redis unavailable, falling back to file-based sessions: <reason>` and serves
 //!   from `SESSION_DIR` (default `./sessions`); when Redis comes back it fails back by itself.
 //! * The admin API at `/api/sessions` (stats, sessions, cleanup, redis-info, health, metrics) takes the
@@ -73,7 +74,7 @@ async fn main() -> Result<(), BoxError> {
     if store.is_on_fallback() {
         println!("Sessions: file store in {dir} (failing back to Redis when it answers)");
     } else {
-        println!("Sessions: Redis at {}", redis_config.redacted_url());
+        println!("Sessions: Redis at {redis_config}");
     }
 
     let layer = SessionLayer::new(store.clone())

@@ -200,7 +200,20 @@ pub(crate) struct Cleanup {
 #[derive(Serialize)]
 pub(crate) struct RedisInfoBody {
     pub redis: crate::store::RedisInfo,
+    /// Cluster mode: `INFO` of each node, keyed by `host:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<crate::store::RedisNodeInfo>,
     pub timestamp: String,
+}
+
+/// One node in `/health` (cluster mode).
+#[derive(Serialize)]
+pub(crate) struct NodeBody {
+    pub address: String,
+    pub role: String,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `GET /health`.
@@ -214,6 +227,9 @@ pub(crate) struct Health {
     pub redis: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Cluster mode: every node with its own status.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeBody>,
 }
 
 #[cfg(test)]

@@ -341,6 +341,9 @@ pub(crate) async fn redis_info<S: ManagedStore>(store: Arc<S>) -> Resp {
             StatusCode::OK,
             &json::RedisInfoBody {
                 redis: info,
+                // Per-node INFO is a bonus: a node that fails to answer shows as an error entry,
+                // and a failure to list the nodes leaves them out rather than failing the route.
+                nodes: store.redis_node_info().await.ok().flatten(),
                 timestamp: json::now(),
             },
         ),
@@ -363,6 +366,17 @@ pub(crate) async fn redis_info<S: ManagedStore>(store: Arc<S>) -> Resp {
 /// balancer takes the instance out.
 pub(crate) async fn health<S: ManagedStore>(store: Arc<S>) -> Resp {
     let h = store.health().await;
+    let nodes = store
+        .node_health()
+        .await
+        .into_iter()
+        .map(|n| json::NodeBody {
+            address: n.address,
+            role: n.role,
+            status: if n.healthy { "healthy" } else { "unhealthy" },
+            detail: n.detail,
+        })
+        .collect();
     let (status, code) = if !h.healthy {
         ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
     } else {
@@ -378,6 +392,7 @@ pub(crate) async fn health<S: ManagedStore>(store: Arc<S>) -> Resp {
                 .redis_healthy
                 .map(|ok| if ok { "healthy" } else { "unhealthy" }),
             detail: h.detail,
+            nodes,
         },
     )
 }

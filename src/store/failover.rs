@@ -38,8 +38,8 @@
 //!   the health and stats routes (`sessionStore` is the backend serving now).
 
 use super::{
-    ChangeSet, Created, Loaded, ManagedStore, Page, Record, RedisInfo, Saved, SessionStore,
-    StoreError, StoreHealth, StoreKind, Summary, Usage, Version,
+    ChangeSet, Created, Loaded, ManagedStore, NodeHealth, Page, Record, RedisInfo, RedisNodeInfo,
+    Saved, SessionStore, StoreError, StoreHealth, StoreKind, Summary, Usage, Version,
 };
 use crate::id::StoreKey;
 use crate::metrics::{Event, Metrics};
@@ -801,6 +801,20 @@ impl<P: ManagedStore, F: ManagedStore> ManagedStore for FailoverStore<P, F> {
             Ok(None)
         } else {
             self.inner.primary.redis_info().await
+        }
+    }
+
+    /// The primary's nodes, on fallback too: which node is down is what an operator wants to know
+    /// then.
+    async fn node_health(&self) -> Vec<NodeHealth> {
+        self.inner.primary.node_health().await
+    }
+
+    async fn redis_node_info(&self) -> Result<Option<RedisNodeInfo>, StoreError> {
+        if self.is_on_fallback() {
+            Ok(None)
+        } else {
+            self.inner.primary.redis_node_info().await
         }
     }
 }

@@ -549,6 +549,23 @@ pub struct StoreHealth {
     pub detail: Option<String>,
 }
 
+/// One node of a multi-node Redis (a Redis Cluster), as `/health` and `/redis-info` report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeHealth {
+    /// `host:port`.
+    pub address: String,
+    /// `master` or `replica`.
+    pub role: String,
+    /// Whether it answers and the cluster does not consider it failed.
+    pub healthy: bool,
+    /// Round-trip time of a `PING`, or why it is down.
+    pub detail: Option<String>,
+}
+
+/// `INFO` per node, keyed by `host:port`.
+pub type RedisNodeInfo = BTreeMap<String, RedisInfo>;
+
 /// What the admin service, the health monitor and the failover store need beyond the hot path.
 pub trait ManagedStore: SessionStore {
     /// The backend serving sessions now (a failover store answers with its current mode).
@@ -577,6 +594,20 @@ pub trait ManagedStore: SessionStore {
 
     /// Redis `INFO`, when a Redis serves sessions now; `Ok(None)` for stores without one.
     fn redis_info(&self) -> impl Future<Output = Result<Option<RedisInfo>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Each node of a multi-node Redis (a cluster) with its own health; empty for one server and for
+    /// stores without Redis.
+    fn node_health(&self) -> impl Future<Output = Vec<NodeHealth>> + Send {
+        async { Vec::new() }
+    }
+
+    /// `INFO` of each node of a multi-node Redis (a cluster); `Ok(None)` for one server and for
+    /// stores without Redis.
+    fn redis_node_info(
+        &self,
+    ) -> impl Future<Output = Result<Option<RedisNodeInfo>, StoreError>> + Send {
         async { Ok(None) }
     }
 }

@@ -41,6 +41,12 @@ pub enum ConfigError {
         /// What was wrong.
         reason: String,
     },
+    /// A Redis Cluster or Sentinel setting cannot be used (a node list given to a builder method, a
+    /// key prefix with a hash tag in cluster mode).
+    InvalidTopology {
+        /// What was wrong.
+        reason: String,
+    },
     /// TLS was asked for (`REDIS_TLS=true` or a `rediss://` URL) but this build has no TLS support.
     TlsNotEnabled {
         /// The cargo feature to enable.
@@ -53,6 +59,9 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::InvalidVar { var, reason } => write!(f, "invalid {var}: {reason}"),
             ConfigError::InvalidUrl { reason } => write!(f, "invalid Redis URL: {reason}"),
+            ConfigError::InvalidTopology { reason } => {
+                write!(f, "invalid Redis Cluster/Sentinel setting: {reason}")
+            }
             ConfigError::TlsNotEnabled { feature } => write!(
                 f,
                 "Redis TLS was requested but sessionforge was built without the `{feature}` feature"
@@ -103,6 +112,9 @@ pub struct RedisConfig {
     pub(crate) max_save_attempts: u32,
     pub(crate) clock: SharedClock,
     pub(crate) tls_ca_cert: Option<Vec<u8>>,
+    pub(crate) topology: Topology,
+    pub(crate) sentinel_auth: Option<(Option<String>, String)>,
+    pub(crate) replica_acks: Option<(u32, Duration)>,
     /// Sessions kept by the client-side read cache; 0: off.
     pub(crate) read_cache: usize,
 }
@@ -122,6 +134,9 @@ impl RedisConfig {
             max_save_attempts: DEFAULT_MAX_SAVE_ATTEMPTS,
             clock: Arc::new(SystemClock),
             tls_ca_cert: None,
+            topology: Topology::Single,
+            sentinel_auth: None,
+            replica_acks: None,
             read_cache: 0,
         })
     }
@@ -136,6 +151,7 @@ impl RedisConfig {
     /// certificates to trust instead of the system's (a private CA, a self-signed server).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let config = Self::url_from_lookup(&lookup)?;
+        let config = Self::topology_from_lookup(config, &lookup)?;
         match lookup("REDIS_TLS_CA_CERT").filter(|v| !v.trim().is_empty()) {
             None => Ok(config),
             Some(path) => {
@@ -151,6 +167,65 @@ impl RedisConfig {
                 }
                 Ok(config.with_tls_ca_cert(pem))
             }
+        }
+    }
+
+    /// `REDIS_CLUSTER_NODES`, or `REDIS_SENTINELS` with `REDIS_SENTINEL_MASTER` (and the sentinels'
+    /// own `REDIS_SENTINEL_USERNAME` / `REDIS_SENTINEL_PASSWORD`).
+    fn topology_from_lookup(
+        config: Self,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let cluster = get("REDIS_CLUSTER_NODES");
+        let sentinels = get("REDIS_SENTINELS");
+        let master = get("REDIS_SENTINEL_MASTER");
+        let named = |var: &'static str| {
+            move |e: ConfigError| match e {
+                ConfigError::InvalidTopology { reason } | ConfigError::InvalidUrl { reason } => {
+                    ConfigError::InvalidVar { var, reason }
+                }
+                other => other,
+            }
+        };
+        match (cluster, sentinels, master) {
+            (Some(_), Some(_), _) => Err(ConfigError::InvalidVar {
+                var: "REDIS_SENTINELS",
+                reason: "set either REDIS_CLUSTER_NODES or REDIS_SENTINELS, not both".into(),
+            }),
+            (Some(nodes), None, None) => {
+                if config.db() != 0 {
+                    return Err(ConfigError::InvalidVar {
+                        var: "REDIS_DB",
+                        reason: "Redis Cluster has only database 0".into(),
+                    });
+                }
+                config
+                    .with_cluster_nodes(split_list(&nodes))
+                    .map_err(named("REDIS_CLUSTER_NODES"))
+            }
+            (Some(_), None, Some(_)) => Err(ConfigError::InvalidVar {
+                var: "REDIS_SENTINEL_MASTER",
+                reason: "set, but REDIS_SENTINELS is not (and REDIS_CLUSTER_NODES is)".into(),
+            }),
+            (None, Some(list), Some(master)) => {
+                let config = config
+                    .with_sentinel(split_list(&list), master.trim())
+                    .map_err(named("REDIS_SENTINELS"))?;
+                match lookup("REDIS_SENTINEL_PASSWORD").filter(|p| !p.is_empty()) {
+                    Some(pw) => Ok(config.with_sentinel_auth(get("REDIS_SENTINEL_USERNAME"), pw)),
+                    None => Ok(config),
+                }
+            }
+            (None, Some(_), None) => Err(ConfigError::InvalidVar {
+                var: "REDIS_SENTINEL_MASTER",
+                reason: "REDIS_SENTINELS is set: name the monitored master too".into(),
+            }),
+            (None, None, Some(_)) => Err(ConfigError::InvalidVar {
+                var: "REDIS_SENTINELS",
+                reason: "REDIS_SENTINEL_MASTER is set: list the sentinels (host:port,...)".into(),
+            }),
+            (None, None, None) => Ok(config),
         }
     }
 
@@ -265,11 +340,136 @@ impl RedisConfig {
         self
     }
 
+    /// Talks to a Redis Cluster through these seed nodes (`host:port`, `[v6]:port`, or
+    /// `redis://host:port` / `rediss://host:port`; a few are enough, the rest are discovered).
+    ///
+    /// Credentials and TLS come from this configuration's URL (its user, password and scheme; its
+    /// host and port are not used), exactly as for one server; the database must be 0. Node entries
+    /// carry no credentials of their own.
+    ///
+    /// ```
+    /// use sessionforge::store::redis::{RedisConfig, Topology};
+    ///
+    /// let config = RedisConfig::new("redis://:secret@localhost")
+    ///     .unwrap()
+    ///     .with_cluster_nodes(["10.0.0.1:7000", "10.0.0.2:7000"])
+    ///     .unwrap();
+    /// assert!(matches!(config.topology(), Topology::Cluster { nodes } if nodes.len() == 2));
+    /// assert_eq!(config.to_string(), "redis://:****@10.0.0.1:7000,10.0.0.2:7000 (cluster)");
+    /// ```
+    pub fn with_cluster_nodes<I, S>(mut self, nodes: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes = self.parse_nodes(nodes, None)?;
+        if self.db() != 0 {
+            return Err(ConfigError::InvalidTopology {
+                reason: "Redis Cluster has only database 0".into(),
+            });
+        }
+        self.topology = Topology::Cluster { nodes };
+        Ok(self)
+    }
+
+    /// Finds the master named `master` through these Sentinel nodes (`host:port`, port 26379 when
+    /// left out), and finds it again after a failover. Credentials, database and TLS for the master
+    /// come from this configuration's URL, as for one server; the sentinels' own password, if they
+    /// have one, from [`RedisConfig::with_sentinel_auth`].
+    ///
+    /// ```
+    /// use sessionforge::store::redis::{RedisConfig, Topology};
+    ///
+    /// let config = RedisConfig::new("redis://localhost/2")
+    ///     .unwrap()
+    ///     .with_sentinel(["10.0.0.1", "10.0.0.2:26380"], "sessions")
+    ///     .unwrap();
+    /// assert!(matches!(config.topology(), Topology::Sentinel { master, .. } if master == "sessions"));
+    /// assert_eq!(
+    ///     config.to_string(),
+    ///     "redis://10.0.0.1:26379,10.0.0.2:26380/2 (sentinel master sessions)"
+    /// );
+    /// ```
+    pub fn with_sentinel<I, S>(
+        mut self,
+        sentinels: I,
+        master: impl Into<String>,
+    ) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let sentinels = self.parse_nodes(sentinels, Some(26379))?;
+        let master = master.into();
+        if master.trim().is_empty() || master.contains(char::is_whitespace) {
+            return Err(ConfigError::InvalidTopology {
+                reason: "the Sentinel master name must be one word".into(),
+            });
+        }
+        self.topology = Topology::Sentinel { sentinels, master };
+        Ok(self)
+    }
+
+    /// The sentinels' own credentials (`requirepass` / ACL user of the Sentinel processes), when
+    /// they differ from having none. The master's credentials stay those of the URL.
+    pub fn with_sentinel_auth(mut self, username: Option<String>, password: String) -> Self {
+        self.sentinel_auth = Some((username, password));
+        self
+    }
+
+    fn parse_nodes<I, S>(
+        &self,
+        nodes: I,
+        default_port: Option<u16>,
+    ) -> Result<Vec<NodeAddr>, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let tls = self.tls();
+        if self.url.starts_with("unix") || self.url.starts_with("redis+unix") {
+            return Err(ConfigError::InvalidTopology {
+                reason: "a cluster or sentinel set-up is reached over TCP, not a unix socket"
+                    .into(),
+            });
+        }
+        let mut out = Vec::new();
+        for entry in nodes {
+            let entry = entry.as_ref().trim();
+            if entry.is_empty() {
+                continue;
+            }
+            out.push(NodeAddr::parse(entry, tls, default_port)?);
+        }
+        if out.is_empty() {
+            return Err(ConfigError::InvalidTopology {
+                reason: "no node given (expected host:port,host:port,...)".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Makes every session write wait until `replicas` replicas have it (`WAIT`), for at most
+    /// `timeout`; a write that does not get there counts as the store being unavailable, so no client
+    /// is told a write was kept that a failover could discard (under [`FailoverStore`] it goes to the
+    /// fallback instead). Costs one more round trip per write. Redis replication is asynchronous:
+    /// without this, a master that fails over (Sentinel promotes its replica) can discard writes it
+    /// acknowledged in the meantime. For a single server or Sentinel; a cluster refuses it (its
+    /// `WAIT` would reach an arbitrary node).
+    ///
+    /// [`FailoverStore`]: crate::store::FailoverStore
+    pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_acks =
+            (replicas > 0).then_some((replicas, timeout.max(Duration::from_millis(1))));
+        self
+    }
+
     /// Keeps up to `sessions` recently loaded sessions in this process, kept correct by Redis itself:
     /// a second connection speaks RESP3 with `CLIENT TRACKING` on, and Redis tells it the moment any
     /// client changes, deletes or expires a cached session (default 0: off). A load of a cached
-    /// session then costs no round trip; writes are unchanged. Needs Redis 6 or later; where tracking
-    /// is refused the store logs a warning and loads uncached. See [`RedisStore`](super::RedisStore)
+    /// session then costs no round trip; writes are unchanged. Needs Redis 6 or later and a single
+    /// server (with a cluster or Sentinel the setting is ignored, with a warning); where tracking is
+    /// refused the store logs a warning and loads uncached. See [`RedisStore`](super::RedisStore)
     /// for the guarantees.
     pub fn with_read_cache(mut self, sessions: usize) -> Self {
         self.read_cache = sessions;
@@ -297,6 +497,24 @@ impl RedisConfig {
         self.command_timeout
     }
 
+    /// One server, a cluster or a Sentinel-watched master.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The database number of the URL (0 when it names none).
+    pub(crate) fn db(&self) -> i64 {
+        redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
+            .map(|i| i.redis_settings().db())
+            .unwrap_or(0)
+    }
+
+    /// The URL of `node`: this configuration's URL (scheme, credentials, database) with the node's
+    /// host and port.
+    pub(crate) fn node_url(&self, node: &NodeAddr) -> String {
+        with_authority_host(&self.url, &node.to_string())
+    }
+
     /// Whether the connection uses TLS (`rediss://`).
     pub fn tls(&self) -> bool {
         self.url.starts_with("rediss://")
@@ -317,14 +535,160 @@ impl fmt::Debug for RedisConfig {
             .field("command_timeout", &self.command_timeout)
             .field("max_save_attempts", &self.max_save_attempts)
             .field("read_cache", &self.read_cache)
+            .field("topology", &self.topology)
             .finish_non_exhaustive()
     }
 }
 
 impl fmt::Display for RedisConfig {
-    /// The redacted URL.
+    /// The redacted URL; for a cluster or sentinel set-up, with the node list as its host and the
+    /// kind after it, e.g. `redis://:****@10.0.0.1:7000,10.0.0.2:7000 (cluster)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted_url())
+        let list = |nodes: &[NodeAddr]| {
+            nodes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match &self.topology {
+            Topology::Single => f.write_str(&self.redacted_url()),
+            Topology::Cluster { nodes } => write!(
+                f,
+                "{} (cluster)",
+                with_authority_host(&self.redacted_url(), &list(nodes))
+            ),
+            Topology::Sentinel { sentinels, master } => write!(
+                f,
+                "{} (sentinel master {master})",
+                with_authority_host(&self.redacted_url(), &list(sentinels))
+            ),
+        }
+    }
+}
+
+/// Where the Redis behind a store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Topology {
+    /// One server at the configuration's URL (or a primary behind a stable address).
+    Single,
+    /// A Redis Cluster, found through these seed nodes ([`RedisConfig::with_cluster_nodes`],
+    /// `REDIS_CLUSTER_NODES`).
+    Cluster {
+        /// Seed nodes.
+        nodes: Vec<NodeAddr>,
+    },
+    /// A master found (and found again after a failover) through Sentinel
+    /// ([`RedisConfig::with_sentinel`], `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER`).
+    Sentinel {
+        /// The Sentinel nodes.
+        sentinels: Vec<NodeAddr>,
+        /// The name the sentinels monitor the master under.
+        master: String,
+    },
+}
+
+/// A node's address: host (name, IPv4 or IPv6 literal) and port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeAddr {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl NodeAddr {
+    /// `host:port`, `[v6]:port`, optionally with a `redis://` or `rediss://` scheme that must agree
+    /// with the configuration's TLS setting; no credentials, path or query.
+    fn parse(entry: &str, tls: bool, default_port: Option<u16>) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::InvalidTopology {
+            reason: format!("node {entry:?}: {why}"),
+        };
+        let rest = match entry.split_once("://") {
+            None => entry,
+            Some((scheme, rest)) => {
+                let entry_tls = match scheme {
+                    "redis" | "valkey" => false,
+                    "rediss" | "valkeys" => true,
+                    _ => return Err(bad("expected host:port or redis://host:port")),
+                };
+                if entry_tls != tls {
+                    return Err(bad(
+                        "its scheme disagrees with the TLS setting (REDIS_TLS / the URL's scheme)",
+                    ));
+                }
+                rest.trim_end_matches('/')
+            }
+        };
+        if rest.contains('@') {
+            return Err(ConfigError::InvalidTopology {
+                // Never repeat an entry that holds a password.
+                reason: "a node entry holds credentials: give them once, in REDIS_USERNAME / \
+                         REDIS_PASSWORD or the configuration's URL"
+                    .into(),
+            });
+        }
+        if rest.contains(['/', '?', '#', ' ']) {
+            return Err(bad("expected host:port"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, _)) if h.contains(':') => return Err(bad("put IPv6 hosts in brackets")),
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match (port, default_port) {
+            (Some(p), _) => match p.parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => return Err(bad("expected a port number 1-65535")),
+            },
+            (None, Some(p)) => p,
+            (None, None) => return Err(bad("no port (expected host:port)")),
+        };
+        Ok(NodeAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for NodeAddr {
+    /// `host:port`, IPv6 hosts in brackets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Splits a `REDIS_CLUSTER_NODES` / `REDIS_SENTINELS` value at commas and white space.
+fn split_list(value: &str) -> Vec<&str> {
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// `scheme://userinfo@host:port/db` with `host:port` replaced by `authority_host`.
+fn with_authority_host(url: &str, authority_host: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => format!("{scheme}://{userinfo}@{authority_host}{tail}"),
+        None => format!("{scheme}://{authority_host}{tail}"),
     }
 }
 

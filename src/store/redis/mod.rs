@@ -48,72 +48,39 @@
 //!   in the source for how a cluster connection fits.
 
 mod cache;
+mod cluster;
 mod config;
+mod layout;
 mod scripts;
+mod topology;
 
 pub use cache::ReadCacheStats;
 pub use config::{
-    ConfigError, RedisConfig, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    ConfigError, NodeAddr, RedisConfig, Topology, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_SAVE_ATTEMPTS, DEFAULT_PREFIX, TLS_FEATURE,
 };
 
 use super::{
-    ChangeSet, Created, Loaded, ManagedStore, Page, Record, RedisInfo, Saved, SessionStore,
-    StoreError, StoreHealth, StoreKind, Summary, Usage, Version,
+    ChangeSet, Created, Loaded, ManagedStore, NodeHealth, Page, Record, RedisInfo, RedisNodeInfo,
+    Saved, SessionStore, StoreError, StoreHealth, StoreKind, Summary, Usage, Version,
 };
 use crate::id::StoreKey;
 use crate::metrics::{Event, Metrics};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ScriptInvocation, ServerErrorKind};
+use layout::Layout;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, ScriptInvocation, ServerErrorKind};
 use scripts::scripts;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-/// How the store reaches Redis. One variant today; a cluster or sentinel client becomes another
-/// variant here (and in [`Conn`]) without touching the store's logic, which only needs
-/// [`ConnectionLike`].
-enum Connector {
-    /// One server (or a primary behind a stable address).
-    Single(redis::Client),
-}
-
-/// An open connection, cheap to clone (requests are multiplexed over it).
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-        }
-    }
-}
+use topology::{Conn, Connector};
 
 /// What to send: a command, a script or a pipeline.
 enum Op<'a> {
     Cmd(&'a Cmd),
     Script(&'a ScriptInvocation<'a>),
     Pipe(&'a Pipeline),
+    /// A command for one cluster node (`host:port`); the one server when not a cluster.
+    OnNode(&'a str, &'a Cmd),
 }
 
 struct Inner {
@@ -124,7 +91,8 @@ struct Inner {
     generation: std::sync::atomic::AtomicU64,
     /// One connect at a time; the others wait for it.
     connecting: tokio::sync::Mutex<()>,
-    index_key: String,
+    /// Where sessions and their index entries live (sharded in cluster mode).
+    layout: Layout,
     /// Striped locks that take this process's concurrent saves of one session in turn, so a burst of
     /// requests on one session costs each at most one merge round instead of colliding again and
     /// again. Writers in other processes are still handled optimistically by the save script.
@@ -200,36 +168,36 @@ impl RedisStore {
             // redis-rs's rustls needs a process-wide crypto provider; keep one the application chose.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let invalid = |e: redis::RedisError| ConfigError::InvalidUrl {
-            reason: e.to_string(),
+        if config.replica_acks.is_some() && matches!(config.topology, Topology::Cluster { .. }) {
+            return Err(ConfigError::InvalidTopology {
+                reason: "with_replica_acks is for a single server or Sentinel, not a cluster"
+                    .into(),
+            });
+        }
+        let connector = Connector::new(&config)?;
+        let cache = match (&connector, config.read_cache) {
+            (_, 0) => None,
+            (Connector::Single(client), n) => {
+                Some(cache::ReadCache::new(client, &config, n).map_err(|e| {
+                    ConfigError::InvalidUrl {
+                        reason: e.to_string(),
+                    }
+                })?)
+            }
+            _ => {
+                tracing::warn!("the Redis read cache needs a single server; it is off for a cluster or Sentinel");
+                None
+            }
         };
-        #[cfg(feature = "redis-tls")]
-        let client = match (&config.tls_ca_cert, config.tls()) {
-            (Some(pem), true) => redis::Client::build_with_tls(
-                config.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            )
-            .map_err(invalid)?,
-            _ => redis::Client::open(config.url.as_str()).map_err(invalid)?,
-        };
-        #[cfg(not(feature = "redis-tls"))]
-        let client = redis::Client::open(config.url.as_str()).map_err(invalid)?;
-        let index_key = format!("{}index", config.prefix);
-        let cache = match config.read_cache {
-            0 => None,
-            n => Some(cache::ReadCache::new(&client, &config, n).map_err(invalid)?),
-        };
+        let layout = Layout::new(&config.prefix, connector.is_cluster());
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 config,
-                connector: Connector::Single(client),
+                connector,
                 conn: RwLock::new(None),
                 generation: Default::default(),
                 connecting: tokio::sync::Mutex::new(()),
-                index_key,
+                layout,
                 save_locks: (0..SAVE_LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -249,15 +217,23 @@ impl RedisStore {
         &self.inner.config
     }
 
-    /// The Redis key of a session: `<prefix><store key>`.
+    /// The Redis key of a session: `<prefix><store key>`; in cluster mode
+    /// `<prefix>{<c>}<store key>`, `<c>` being the store key's first character (its hash tag).
     pub fn redis_key(&self, key: &StoreKey) -> String {
-        format!("{}{}", self.inner.config.prefix, key.as_str())
+        self.inner.layout.session_key(key)
     }
 
     /// The Redis key of the listing index: `<prefix>index`, a sorted set of store keys scored by
-    /// expiry (milliseconds since the epoch).
+    /// expiry (milliseconds since the epoch). In cluster mode the index is sharded and this is the
+    /// first shard; see [`RedisStore::index_key_for`].
     pub fn index_key(&self) -> &str {
-        &self.inner.index_key
+        &self.inner.layout.indexes()[0]
+    }
+
+    /// The index that holds `key`: `<prefix>index`, or `<prefix>{<c>}index` in cluster mode (the
+    /// same hash slot as the session, so one script can change both).
+    pub fn index_key_for(&self, key: &StoreKey) -> &str {
+        self.inner.layout.index_of(key.as_str())
     }
 
     /// The Redis key of `user`'s session set: `<prefix>user:<user>` for ids of at most 64 characters
@@ -278,20 +254,15 @@ impl RedisStore {
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn user_key(&self, user: &str) -> String {
-        let readable = !user.is_empty()
-            && user.len() <= 64
-            && user.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-')
-            });
-        if readable {
-            format!("{}user:{user}", self.inner.config.prefix)
-        } else {
-            format!(
-                "{}user:#{}",
-                self.inner.config.prefix,
-                sha1_smol::Sha1::from(user.as_bytes()).digest()
-            )
-        }
+        format!("{}{}", self.inner.config.prefix, user_suffix(user))
+    }
+
+    /// The user set that holds `key` for `user`: [`RedisStore::user_key`] for one server; in cluster
+    /// mode one set per user *and shard*, `<prefix>{<c>}user:<user>`, in the hash slot of the
+    /// session (`<c>` as in [`RedisStore::redis_key`]), so the scripts keep the session, its index
+    /// entry and its user-set entry in step atomically there too.
+    pub fn user_key_for(&self, user: &str, key: &StoreKey) -> String {
+        self.inner.layout.user_key(&user_suffix(user), key.as_str())
     }
 
     /// What the client-side read cache has done so far; `None` when it is off.
@@ -352,20 +323,9 @@ impl RedisStore {
             return Ok(c);
         }
         let cfg = &self.inner.config;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.command_timeout))
-            // One attempt per reconnect: our callers have deadlines, and the next call tries again.
-            .set_number_of_retries(0);
-        let conn = match &self.inner.connector {
-            Connector::Single(client) => {
-                ConnectionManager::new_with_config(client.clone(), manager_config)
-                    .await
-                    .map(Conn::Single)
-            }
-        };
+        let conn = self.inner.connector.connect(cfg).await;
         let conn = conn.map_err(|e| {
-            tracing::debug!(error = %e, url = %cfg.redacted_url(), "cannot connect to Redis");
+            tracing::debug!(error = %e, redis = %cfg, "cannot connect to Redis");
             if e.is_timeout() {
                 StoreError::Timeout {
                     backend: StoreKind::Redis,
@@ -387,7 +347,7 @@ impl RedisStore {
         if let Ok(mut slot) = self.inner.conn.write() {
             *slot = Some((generation, conn.clone()));
         }
-        tracing::debug!(url = %cfg.redacted_url(), "connected to Redis");
+        tracing::debug!(redis = %cfg, "connected to Redis");
         Ok((generation, conn))
     }
 
@@ -410,6 +370,10 @@ impl RedisStore {
                 Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
                 Op::Script(inv) => inv.invoke_async(&mut conn).await,
                 Op::Pipe(pipe) => pipe.query_async(&mut conn).await,
+                Op::OnNode(addr, cmd) => conn
+                    .on_node(addr, cmd)
+                    .await
+                    .and_then(|v| redis::from_redis_value(v).map_err(Into::into)),
             }
         };
         match tokio::time::timeout(after, fut).await {
@@ -434,13 +398,36 @@ impl RedisStore {
         }
     }
 
+    /// With [`RedisConfig::with_replica_acks`], waits until enough replicas have this connection's
+    /// writes; too few in time is `Unavailable`. Nothing to do otherwise.
+    async fn replicated(&self) -> Result<(), StoreError> {
+        let Some((replicas, timeout)) = self.inner.config.replica_acks else {
+            return Ok(());
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis() as u64);
+        let got: u32 = self.exec(Op::Cmd(&wait)).await?;
+        if got < replicas {
+            return Err(StoreError::Unavailable {
+                backend: StoreKind::Redis,
+                source: format!(
+                    "the write reached {got} of {replicas} replicas within {timeout:?}; \
+                     it may not survive a failover"
+                )
+                .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Removes `members` from the sorted set `set` (the index or a user set) where their session key
     /// does not exist, checked atomically: a session created meanwhile under the same key stays.
     async fn drop_stale<M: AsRef<str>>(&self, set: &str, members: &[M]) -> Result<u64, StoreError> {
         let mut inv = scripts().repair.prepare_invoke();
         inv.key(set);
         for m in members {
-            inv.key(format!("{}{}", self.inner.config.prefix, m.as_ref()))
+            // In cluster mode `set` is a shard's and every member is in that shard: one slot.
+            inv.key(self.inner.layout.session_key_of(m.as_ref()))
                 .arg(m.as_ref());
         }
         self.exec(Op::Script(&inv)).await
@@ -577,7 +564,24 @@ impl SessionStore for RedisStore {
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
         let rkey = self.redis_key(key);
         let _uncache = self.uncache_after(&rkey);
-        self.create_uncached(key, record).await
+        let mut inv = scripts().create.prepare_invoke();
+        inv.key(self.redis_key(key))
+            .key(self.index_key_for(key))
+            .arg(record.to_json())
+            .arg(self.ttl_ms(record))
+            .arg(record.expires.as_millis())
+            .arg(key.as_str())
+            .arg(self.now_ms());
+        if let Some(user) = &record.user {
+            inv.key(self.user_key_for(user, key));
+        }
+        let stored: i64 = self.exec(Op::Script(&inv)).await?;
+        Ok(if stored == 1 {
+            self.replicated().await?;
+            Created::Created
+        } else {
+            Created::Exists
+        })
     }
 
     async fn save(
@@ -589,7 +593,97 @@ impl SessionStore for RedisStore {
     ) -> Result<Saved, StoreError> {
         let rkey = self.redis_key(key);
         let _uncache = self.uncache_after(&rkey);
-        self.save_uncached(key, base, ours, changes).await
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            (h.finish() % SAVE_LOCK_STRIPES as u64) as usize
+        };
+        // Bounded wait: if the holder is stuck on a frozen Redis, go ahead optimistically rather
+        // than queueing behind it (the script keeps the save correct either way).
+        let _turn = tokio::time::timeout(
+            self.inner.config.command_timeout,
+            self.inner.save_locks[stripe].lock(),
+        )
+        .await
+        .ok();
+        let mut expected = base.clone();
+        let mut record = ours.clone();
+        // The user the stored value belongs to, when known. Unless this request changed the user,
+        // it is the loaded one, which `ours` still carries (and the digest check proves it is still
+        // stored). When it changed, the script checks the stored JSON and answers the right one.
+        let mut stored_user: Option<Option<String>> = match &changes.user {
+            None => Some(ours.user.clone()),
+            Some(_) => None,
+        };
+        let mut attempt = 0u32;
+        let mut wrong_user_guesses = 0;
+        while attempt < self.inner.config.max_save_attempts {
+            let mut inv = scripts().save.prepare_invoke();
+            let believed = stored_user.clone().flatten();
+            let new_user = record.user.clone();
+            inv.key(&rkey).key(self.index_key_for(key));
+            if let Some(u) = &believed {
+                inv.key(self.user_key_for(u, key));
+            }
+            if let Some(u) = new_user.as_ref().filter(|u| Some(*u) != believed.as_ref()) {
+                inv.key(self.user_key_for(u, key));
+            }
+            inv.arg(expected.as_str())
+                .arg(record.to_json())
+                .arg(self.ttl_ms(&record))
+                .arg(record.expires.as_millis())
+                .arg(key.as_str())
+                .arg(user_arg(believed.as_deref()))
+                .arg(user_arg(new_user.as_deref()))
+                .arg(if stored_user.is_none() { "1" } else { "0" })
+                .arg(self.now_ms());
+            match self.exec::<SaveReply>(Op::Script(&inv)).await? {
+                SaveReply::Saved => {
+                    self.replicated().await?;
+                    return Ok(Saved::Saved);
+                }
+                SaveReply::Gone => return Ok(Saved::Gone),
+                SaveReply::WrongUser(actual) => {
+                    // Not a conflict: the stored value is the one we expected, only its user was not
+                    // known here. Name the right set and go again at once (bounded).
+                    stored_user = Some(actual);
+                    wrong_user_guesses += 1;
+                    if wrong_user_guesses > 2 {
+                        break;
+                    }
+                    continue;
+                }
+                SaveReply::Changed(current) => {
+                    Metrics::global().count(Event::SaveConflict);
+                    let Ok(mut merged) = Record::from_json(&current) else {
+                        // Not a session any more: nothing to merge into, and never ours to
+                        // overwrite. Cleanup removes it.
+                        self.warn_corrupt(&rkey, &"corrupt value found while saving");
+                        return Ok(Saved::Gone);
+                    };
+                    // The value we now expect is `current`, whose user is exactly known.
+                    stored_user = Some(merged.user.clone());
+                    merged.merge(changes, ours);
+                    expected = version_of(&current);
+                    record = merged;
+                }
+            }
+            // Contended: let the other writers through before trying again. A random pause spreads a
+            // burst of writers to one session (say 64 tabs firing at once) over a few milliseconds
+            // instead of having them collide again in lockstep.
+            attempt += 1;
+            if attempt >= self.inner.config.max_save_attempts {
+                break;
+            }
+            let cap_ms = (1u32 << attempt.min(6)).min(50);
+            let jitter = getrandom::u32().unwrap_or(attempt) % (cap_ms * 1000);
+            tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
+        }
+        Err(backend(format!(
+            "save kept conflicting with concurrent writers ({} attempts)",
+            self.inner.config.max_save_attempts
+        )))
     }
 
     /// One script call for a session without a user; a session with one costs a second call (the
@@ -633,6 +727,20 @@ impl SessionStore for RedisStore {
     }
 }
 
+/// `user:<user>` for readable ids, `user:#<sha1 hex>` otherwise (see [`RedisStore::user_key`]).
+fn user_suffix(user: &str) -> String {
+    let readable = !user.is_empty()
+        && user.len() <= 64
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'));
+    if readable {
+        format!("user:{user}")
+    } else {
+        format!("user:#{}", sha1_smol::Sha1::from(user.as_bytes()).digest())
+    }
+}
+
 impl RedisStore {
     /// Turns a `GET` answer into a loaded session: absent, expired, foreign or corrupt values are
     /// `None` (logged once).
@@ -666,128 +774,6 @@ impl RedisStore {
             }
         }
     }
-
-    async fn create_uncached(
-        &self,
-        key: &StoreKey,
-        record: &Record,
-    ) -> Result<Created, StoreError> {
-        let mut inv = scripts().create.prepare_invoke();
-        inv.key(self.redis_key(key))
-            .key(self.index_key())
-            .arg(record.to_json())
-            .arg(self.ttl_ms(record))
-            .arg(record.expires.as_millis())
-            .arg(key.as_str())
-            .arg(self.now_ms());
-        if let Some(user) = &record.user {
-            inv.key(self.user_key(user));
-        }
-        let stored: i64 = self.exec(Op::Script(&inv)).await?;
-        Ok(if stored == 1 {
-            Created::Created
-        } else {
-            Created::Exists
-        })
-    }
-
-    async fn save_uncached(
-        &self,
-        key: &StoreKey,
-        base: &Version,
-        ours: &Record,
-        changes: &ChangeSet,
-    ) -> Result<Saved, StoreError> {
-        let rkey = self.redis_key(key);
-        let stripe = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            key.hash(&mut h);
-            (h.finish() % SAVE_LOCK_STRIPES as u64) as usize
-        };
-        // Bounded wait: if the holder is stuck on a frozen Redis, go ahead optimistically rather
-        // than queueing behind it (the script keeps the save correct either way).
-        let _turn = tokio::time::timeout(
-            self.inner.config.command_timeout,
-            self.inner.save_locks[stripe].lock(),
-        )
-        .await
-        .ok();
-        let mut expected = base.clone();
-        let mut record = ours.clone();
-        // The user the stored value belongs to, when known. Unless this request changed the user,
-        // it is the loaded one, which `ours` still carries (and the digest check proves it is still
-        // stored). When it changed, the script checks the stored JSON and answers the right one.
-        let mut stored_user: Option<Option<String>> = match &changes.user {
-            None => Some(ours.user.clone()),
-            Some(_) => None,
-        };
-        let mut attempt = 0u32;
-        let mut wrong_user_guesses = 0;
-        while attempt < self.inner.config.max_save_attempts {
-            let mut inv = scripts().save.prepare_invoke();
-            let believed = stored_user.clone().flatten();
-            let new_user = record.user.clone();
-            inv.key(&rkey).key(self.index_key());
-            if let Some(u) = &believed {
-                inv.key(self.user_key(u));
-            }
-            if let Some(u) = new_user.as_ref().filter(|u| Some(*u) != believed.as_ref()) {
-                inv.key(self.user_key(u));
-            }
-            inv.arg(expected.as_str())
-                .arg(record.to_json())
-                .arg(self.ttl_ms(&record))
-                .arg(record.expires.as_millis())
-                .arg(key.as_str())
-                .arg(user_arg(believed.as_deref()))
-                .arg(user_arg(new_user.as_deref()))
-                .arg(if stored_user.is_none() { "1" } else { "0" })
-                .arg(self.now_ms());
-            match self.exec::<SaveReply>(Op::Script(&inv)).await? {
-                SaveReply::Saved => return Ok(Saved::Saved),
-                SaveReply::Gone => return Ok(Saved::Gone),
-                SaveReply::WrongUser(actual) => {
-                    // Not a conflict: the stored value is the one we expected, only its user was not
-                    // known here. Name the right set and go again at once (bounded).
-                    stored_user = Some(actual);
-                    wrong_user_guesses += 1;
-                    if wrong_user_guesses > 2 {
-                        break;
-                    }
-                    continue;
-                }
-                SaveReply::Changed(current) => {
-                    Metrics::global().count(Event::SaveConflict);
-                    let Ok(mut merged) = Record::from_json(&current) else {
-                        // Not a session any more: nothing to merge into, and never ours to
-                        // overwrite. Cleanup removes it.
-                        self.warn_corrupt(&rkey, &"corrupt value found while saving");
-                        return Ok(Saved::Gone);
-                    };
-                    // The value we now expect is `current`, whose user is exactly known.
-                    stored_user = Some(merged.user.clone());
-                    merged.merge(changes, ours);
-                    expected = version_of(&current);
-                    record = merged;
-                }
-            }
-            // Contended: let the other writers through before trying again. A random pause spreads a
-            // burst of writers to one session (say 64 tabs firing at once) over a few milliseconds
-            // instead of having them collide again in lockstep.
-            attempt += 1;
-            if attempt >= self.inner.config.max_save_attempts {
-                break;
-            }
-            let cap_ms = (1u32 << attempt.min(6)).min(50);
-            let jitter = getrandom::u32().unwrap_or(attempt) % (cap_ms * 1000);
-            tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
-        }
-        Err(backend(format!(
-            "save kept conflicting with concurrent writers ({} attempts)",
-            self.inner.config.max_save_attempts
-        )))
-    }
 }
 
 /// A user as the scripts take it: `''` for none, `'=' .. user` otherwise.
@@ -815,9 +801,9 @@ impl RedisStore {
         let mut believed: Option<String> = user.map(str::to_owned);
         for _ in 0..3 {
             let mut inv = scripts().delete.prepare_invoke();
-            inv.key(self.redis_key(key)).key(self.index_key());
+            inv.key(self.redis_key(key)).key(self.index_key_for(key));
             if let Some(u) = &believed {
-                inv.key(self.user_key(u));
+                inv.key(self.user_key_for(u, key));
             }
             inv.arg(key.as_str())
                 .arg(user_arg(believed.as_deref()))
@@ -831,6 +817,9 @@ impl RedisStore {
                 None => return Err(backend("empty answer from the delete script")),
             };
             if n >= 0 {
+                if n > 0 {
+                    self.replicated().await?;
+                }
                 return Ok(n > 0);
             }
             if strict {
@@ -849,20 +838,38 @@ impl RedisStore {
         ))
     }
 
-    /// Up to `limit` of the user's live sessions, repairing the set on the way.
+    /// Up to `limit` of the user's live sessions, repairing the set on the way. In cluster mode the
+    /// user's sets are visited shard by shard.
     async fn user_page(&self, user: &str, limit: usize) -> Result<Vec<Summary>, StoreError> {
-        let ukey = self.user_key(user);
+        let mut sessions = Vec::new();
+        for ukey in self.inner.layout.user_keys(&user_suffix(user)) {
+            if sessions.len() >= limit {
+                break;
+            }
+            let more = self
+                .user_page_in(&ukey, user, limit - sessions.len())
+                .await?;
+            sessions.extend(more);
+        }
+        Ok(sessions)
+    }
+
+    /// [`RedisStore::user_page`] within one user set (all its members share its hash slot).
+    async fn user_page_in(
+        &self,
+        ukey: &str,
+        user: &str,
+        limit: usize,
+    ) -> Result<Vec<Summary>, StoreError> {
+        let layout = &self.inner.layout;
         let mut inv = scripts().user_list.prepare_invoke();
-        inv.key(&ukey).arg(self.now_ms()).arg(limit);
+        inv.key(ukey).arg(self.now_ms()).arg(limit);
         let members: Vec<String> = self.exec(Op::Script(&inv)).await?;
         let now = self.inner.config.clock.now();
         let mut sessions = Vec::with_capacity(members.len());
         let mut gone: Vec<&String> = Vec::new();
         for chunk in members.chunks(USER_MGET_CHUNK) {
-            let names: Vec<String> = chunk
-                .iter()
-                .map(|m| format!("{}{}", self.inner.config.prefix, m))
-                .collect();
+            let names: Vec<String> = chunk.iter().map(|m| layout.session_key_of(m)).collect();
             let values: Vec<Option<Vec<u8>>> =
                 self.exec(Op::Cmd(redis::cmd("MGET").arg(&names))).await?;
             for ((member, name), value) in chunk.iter().zip(&names).zip(values) {
@@ -882,7 +889,7 @@ impl RedisStore {
         }
         if !gone.is_empty() {
             // A failure here only delays the repair.
-            if let Err(e) = self.drop_stale(&ukey, &gone).await {
+            if let Err(e) = self.drop_stale(ukey, &gone).await {
                 tracing::debug!(error = %e, "could not drop stale user-set entries");
             }
         }
@@ -910,80 +917,103 @@ impl RedisStore {
     async fn trim_expired(&self) -> Result<u64, StoreError> {
         let now = self.now_ms();
         let mut removed = 0u64;
-        loop {
-            let mut inv = scripts().trim.prepare_invoke();
-            inv.key(self.index_key()).arg(now).arg(SWEEP_BATCH);
-            let n: u64 = self.exec(Op::Script(&inv)).await?;
-            removed += n;
-            if (n as usize) < SWEEP_BATCH {
-                return Ok(removed);
+        for index in self.inner.layout.indexes() {
+            loop {
+                let mut inv = scripts().trim.prepare_invoke();
+                inv.key(index).arg(now).arg(SWEEP_BATCH);
+                let n: u64 = self.exec(Op::Script(&inv)).await?;
+                removed += n;
+                if (n as usize) < SWEEP_BATCH {
+                    break;
+                }
             }
         }
+        Ok(removed)
     }
 
     /// Removes index entries whose session is gone (evicted, deleted behind the store's back).
     async fn sweep_orphans(&self) -> Result<u64, StoreError> {
-        let mut cursor: u64 = 0;
+        let layout = &self.inner.layout;
         let mut removed = 0u64;
-        loop {
-            let (next, items): (u64, Vec<String>) = self
-                .exec(Op::Cmd(
-                    redis::cmd("ZSCAN")
-                        .arg(self.index_key())
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(SWEEP_BATCH),
-                ))
-                .await?;
-            let members: Vec<&String> = items.iter().step_by(2).collect();
-            if !members.is_empty() {
-                let mut pipe = redis::pipe();
-                for m in &members {
-                    pipe.cmd("EXISTS")
-                        .arg(format!("{}{}", self.inner.config.prefix, m));
+        for index in layout.indexes() {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, items): (u64, Vec<String>) = self
+                    .exec(Op::Cmd(
+                        redis::cmd("ZSCAN")
+                            .arg(index)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(SWEEP_BATCH),
+                    ))
+                    .await?;
+                let members: Vec<&String> = items.iter().step_by(2).collect();
+                if !members.is_empty() {
+                    // One pipeline per index: in cluster mode its sessions share its hash slot.
+                    let mut pipe = redis::pipe();
+                    for m in &members {
+                        pipe.cmd("EXISTS").arg(layout.session_key_of(m));
+                    }
+                    let exists: Vec<i64> = self.exec(Op::Pipe(&pipe)).await?;
+                    let gone: Vec<&String> = members
+                        .iter()
+                        .zip(exists)
+                        .filter(|(_, e)| *e == 0)
+                        .map(|(m, _)| *m)
+                        .collect();
+                    if !gone.is_empty() {
+                        removed += self.drop_stale(index, &gone).await?;
+                    }
                 }
-                let exists: Vec<i64> = self.exec(Op::Pipe(&pipe)).await?;
-                let gone: Vec<&String> = members
-                    .iter()
-                    .zip(exists)
-                    .filter(|(_, e)| *e == 0)
-                    .map(|(m, _)| *m)
-                    .collect();
-                if !gone.is_empty() {
-                    removed += self.drop_stale(self.index_key(), &gone).await?;
+                if next == 0 {
+                    break;
                 }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
         }
+        Ok(removed)
     }
 
-    /// Deletes values under the prefix that are not session records (SCAN, in batches).
+    /// Deletes values under the prefix that are not session records (SCAN, in batches, on every
+    /// master in cluster mode).
     async fn sweep_corrupt(&self) -> Result<u64, StoreError> {
-        let prefix = &self.inner.config.prefix;
-        let pattern = format!("{}*", glob_escape(prefix));
+        let nodes: Vec<Option<String>> = if self.inner.layout.sharded() {
+            self.cluster_masters()
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
+        let mut removed = 0u64;
+        for node in &nodes {
+            removed += self.sweep_corrupt_on(node.as_deref()).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn sweep_corrupt_on(&self, node: Option<&str>) -> Result<u64, StoreError> {
+        let layout = &self.inner.layout;
+        let pattern = format!("{}*", glob_escape(&self.inner.config.prefix));
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .exec(Op::Cmd(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SWEEP_BATCH),
-                ))
-                .await?;
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SWEEP_BATCH)
+                .clone();
+            let (next, keys): (u64, Vec<String>) = match node {
+                Some(addr) => self.exec(Op::OnNode(addr, &scan)).await?,
+                None => self.exec(Op::Cmd(&scan)).await?,
+            };
             // Only keys shaped like store keys are ours; the index and foreign keys are left alone.
             let ours: Vec<(&String, StoreKey)> = keys
                 .iter()
-                .filter_map(|k| {
-                    let id = k.strip_prefix(prefix.as_str())?;
-                    StoreKey::parse(id).ok().map(|id| (k, id))
-                })
+                .filter_map(|k| layout.store_key_of(k).map(|id| (k, id)))
                 .collect();
             if !ours.is_empty() {
                 let names: Vec<&String> = ours.iter().map(|(k, _)| *k).collect();
@@ -1053,6 +1083,9 @@ impl ManagedStore for RedisStore {
 
     /// `ZCOUNT <prefix>index (now +inf`: O(log n).
     async fn count(&self) -> Result<u64, StoreError> {
+        if self.inner.layout.sharded() {
+            return self.cluster_count().await;
+        }
         self.exec(Op::Cmd(
             redis::cmd("ZCOUNT")
                 .arg(self.index_key())
@@ -1080,20 +1113,23 @@ impl ManagedStore for RedisStore {
                 parsed.ok_or(StoreError::InvalidCursor)?
             }
         };
-        let mut inv = scripts().page.prepare_invoke();
-        inv.key(self.index_key())
-            .arg(self.now_ms())
-            .arg(limit + 1)
-            .arg(score)
-            .arg(member);
-        let flat: Vec<String> = self.exec(Op::Script(&inv)).await?;
-        let entries: Vec<(String, u64)> = flat
-            .chunks(2)
-            .filter_map(|p| match p {
-                [m, s] => s.parse::<f64>().ok().map(|s| (m.clone(), s as u64)),
-                _ => None,
-            })
-            .collect();
+        let entries: Vec<(String, u64)> = if self.inner.layout.sharded() {
+            self.cluster_page(&score, &member, limit + 1).await?
+        } else {
+            let mut inv = scripts().page.prepare_invoke();
+            inv.key(self.index_key())
+                .arg(self.now_ms())
+                .arg(limit + 1)
+                .arg(score)
+                .arg(member);
+            let flat: Vec<String> = self.exec(Op::Script(&inv)).await?;
+            flat.chunks(2)
+                .filter_map(|p| match p {
+                    [m, s] => s.parse::<f64>().ok().map(|s| (m.clone(), s as u64)),
+                    _ => None,
+                })
+                .collect()
+        };
         let more = entries.len() > limit;
         let shown = &entries[..entries.len().min(limit)];
         let next_cursor = if more {
@@ -1109,7 +1145,7 @@ impl ManagedStore for RedisStore {
         }
         let names: Vec<String> = shown
             .iter()
-            .map(|(m, _)| format!("{}{}", self.inner.config.prefix, m))
+            .map(|(m, _)| self.inner.layout.session_key_of(m))
             .collect();
         let values: Vec<Option<Vec<u8>>> =
             self.exec(Op::Cmd(redis::cmd("MGET").arg(&names))).await?;
@@ -1128,9 +1164,17 @@ impl ManagedStore for RedisStore {
                 Some(Err(e)) => self.warn_corrupt(name, &e),
             }
         }
-        if !gone.is_empty() {
-            // Lazily drop index entries whose session is gone. A failure here only delays it.
-            if let Err(e) = self.drop_stale(self.index_key(), &gone).await {
+        // Lazily drop index entries whose session is gone (one call per index: in cluster mode a
+        // shard's entries share its slot). A failure here only delays it.
+        let mut by_index: std::collections::BTreeMap<&str, Vec<&String>> = Default::default();
+        for m in &gone {
+            by_index
+                .entry(self.inner.layout.index_of(m))
+                .or_default()
+                .push(m);
+        }
+        for (index, members) in by_index {
+            if let Err(e) = self.drop_stale(index, &members).await {
                 tracing::debug!(error = %e, "could not drop stale index entries");
             }
         }
@@ -1151,6 +1195,9 @@ impl ManagedStore for RedisStore {
     }
 
     async fn health(&self) -> StoreHealth {
+        if self.inner.layout.sharded() {
+            return self.cluster_health().await;
+        }
         match self.ping().await {
             Ok(rtt) => StoreHealth {
                 serving: StoreKind::Redis,
@@ -1170,6 +1217,9 @@ impl ManagedStore for RedisStore {
     /// `INFO memory`, with `CONFIG GET` for the limits when `INFO` lacks them (managed Redis often
     /// forbids `CONFIG`: then they are `None`).
     async fn usage(&self) -> Result<Usage, StoreError> {
+        if self.inner.layout.sharded() {
+            return self.cluster_usage().await;
+        }
         let text: String = self.exec(Op::Cmd(redis::cmd("INFO").arg("memory"))).await?;
         let info = parse_info(&text);
         let mem = info.get("memory").cloned().unwrap_or_default();
@@ -1205,8 +1255,25 @@ impl ManagedStore for RedisStore {
     }
 
     async fn redis_info(&self) -> Result<Option<RedisInfo>, StoreError> {
+        if self.inner.layout.sharded() {
+            return self.cluster_info().await.map(Some);
+        }
         let text: String = self.exec(Op::Cmd(&redis::cmd("INFO"))).await?;
         Ok(Some(parse_info(&text)))
+    }
+
+    async fn node_health(&self) -> Vec<NodeHealth> {
+        if !self.inner.layout.sharded() {
+            return Vec::new();
+        }
+        self.cluster_node_health().await.unwrap_or_default()
+    }
+
+    async fn redis_node_info(&self) -> Result<Option<RedisNodeInfo>, StoreError> {
+        if !self.inner.layout.sharded() {
+            return Ok(None);
+        }
+        self.cluster_node_info().await.map(Some)
     }
 }
 
