@@ -72,6 +72,14 @@ async fn until(store: &RedisStore, what: &str, cond: impl Fn(ReadCacheStats) -> 
     }
 }
 
+/// Makes `browser` load its session through `store`'s instance and waits until that store's tracking
+/// connection is open (the first load opens it in the background; opening it empties the cache,
+/// which counts as a flush).
+async fn tracking(browser: &mut Browser, store: &RedisStore) {
+    browser.get("/read").await;
+    until(store, "the tracking connection", |s| s.flushes >= 1).await;
+}
+
 fn at(browser: &Browser, addr: SocketAddr) -> Browser {
     let mut b = browser.clone();
     b.base = format!("http://{addr}");
@@ -88,6 +96,8 @@ async fn an_update_and_a_logout_through_one_instance_are_seen_by_the_other() {
 
     // B loads the session once, then answers from its cache: no round trip.
     let mut via_b = at(&via_a, b);
+    tracking(&mut via_b, &store_b).await;
+    tracking(&mut via_a, &store_a).await;
     assert_eq!(via_b.get("/read").await.body, "1");
     let before = stats(&store_b);
     assert_eq!(via_b.get("/read").await.body, "1");
@@ -106,6 +116,32 @@ async fn an_update_and_a_logout_through_one_instance_are_seen_by_the_other() {
     let hits = stats(&store_b).hits;
     assert_eq!(via_b.get("/read").await.body, "2");
     assert_eq!(stats(&store_b).hits, hits + 1);
+
+    // A's own write left A's cache holding the new value (the save re-reads in the same round trip),
+    // and still tracked: a write through B afterwards reaches A.
+    let hits = stats(&store_a).hits;
+    assert_eq!(via_a.get("/read").await.body, "2");
+    assert_eq!(
+        stats(&store_a).hits,
+        hits + 1,
+        "a read after a write is a hit"
+    );
+    let seen = stats(&store_a).invalidations;
+    assert_eq!(via_b.post("/incr", "").await.body, "3");
+    until(&store_a, "the invalidation", |s| s.invalidations > seen).await;
+    assert_eq!(via_a.get("/read").await.body, "3");
+    // Writes alternating between the instances never lose an increment.
+    for i in 4..10 {
+        let (via, other) = if i % 2 == 0 {
+            (&mut via_a, &store_b)
+        } else {
+            (&mut via_b, &store_a)
+        };
+        let seen = stats(other).invalidations;
+        assert_eq!(via.post("/incr", "").await.body, i.to_string());
+        until(other, "the invalidation", |s| s.invalidations > seen).await;
+    }
+    via_a.cookie = via_b.cookie.clone();
 
     // A logout through A: B's next request with the old cookie finds no session.
     let seen = stats(&store_b).invalidations;
@@ -131,6 +167,7 @@ async fn a_revoke_in_redis_itself_reaches_the_cache() {
     let addr = serve(store.clone()).await;
     let mut browser = Browser::new(addr);
     browser.post("/incr", "").await;
+    tracking(&mut browser, &store).await;
     assert_eq!(browser.get("/read").await.body, "1");
     assert_eq!(browser.get("/read").await.body, "1");
     assert!(stats(&store).hits >= 1);
@@ -152,7 +189,7 @@ async fn a_lost_tracking_connection_empties_the_cache_so_missed_changes_are_not_
     let mut via_a = Browser::new(a);
     via_a.post("/incr", "").await;
     let mut via_b = at(&via_a, b);
-    assert_eq!(via_b.get("/read").await.body, "1");
+    tracking(&mut via_b, &reader).await;
     assert_eq!(via_b.get("/read").await.body, "1");
     assert!(stats(&reader).entries >= 1);
 
@@ -186,6 +223,7 @@ async fn flushall_empties_the_cache() {
     let addr = serve(store.clone()).await;
     let mut browser = Browser::new(addr);
     browser.post("/incr", "").await;
+    tracking(&mut browser, &store).await;
     assert_eq!(browser.get("/read").await.body, "1");
     assert_eq!(browser.get("/read").await.body, "1");
     let flushes = stats(&store).flushes;

@@ -93,7 +93,8 @@ pub(super) struct ReadCache {
     generations: std::sync::atomic::AtomicU64,
     /// When the last connect attempt failed (connects are not retried before [`RETRY_AFTER`]).
     failed_at: Mutex<Option<Instant>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// A background connect is under way.
+    connecting: std::sync::atomic::AtomicBool,
     connect_timeout: Duration,
     command_timeout: Duration,
 }
@@ -131,18 +132,36 @@ impl AsyncPushSender for Invalidator {
 pub(super) struct Uncache<'a> {
     cache: Option<&'a ReadCache>,
     key: &'a str,
+    armed: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Uncache<'a> {
     pub(super) fn new(cache: Option<&'a ReadCache>, key: &'a str) -> Self {
-        Uncache { cache, key }
+        Uncache {
+            cache,
+            key,
+            armed: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// The write refreshed the cache itself ([`ReadCache::save_and_reread`]): nothing to drop.
+    pub(super) fn disarm(&self) {
+        self.armed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A later write went through the main connection after all: drop the key at the end.
+    pub(super) fn rearm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 impl Drop for Uncache<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.cache {
-            c.invalidate(self.key);
+            if self.armed.load(std::sync::atomic::Ordering::Relaxed) {
+                c.invalidate(self.key);
+            }
         }
     }
 }
@@ -177,7 +196,7 @@ impl ReadCache {
             link: Mutex::new(None),
             generations: Default::default(),
             failed_at: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: Default::default(),
             connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
         }))
@@ -274,8 +293,9 @@ impl ReadCache {
         st.map.insert(ticket.key, value.clone());
     }
 
-    /// The tracking connection, opened (with `CLIENT TRACKING ON`) if needed. `None` while it cannot be
-    /// opened: the caller then loads through the main connection, uncached.
+    /// The tracking connection. When there is none, one is opened in the background (with `CLIENT
+    /// TRACKING ON`) and this answers `None`: the caller loads through the main connection meanwhile,
+    /// so opening it never adds to a request's wait (a frozen server costs no extra connect timeout).
     async fn conn(self: &Arc<Self>) -> Option<(u64, MultiplexedConnection)> {
         if let Some(l) = self.link().as_ref() {
             return Some((l.generation, l.conn.clone()));
@@ -286,38 +306,36 @@ impl ReadCache {
             .ok()
             .and_then(|f| *f)
             .is_some_and(|t| t.elapsed() < RETRY_AFTER);
-        if recently_failed {
+        if recently_failed
+            || self
+                .connecting
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             return None;
         }
-        let _one = self.connecting.lock().await;
-        if let Some(l) = self.link().as_ref() {
-            return Some((l.generation, l.conn.clone()));
-        }
-        match tokio::time::timeout(self.connect_timeout, self.open()).await {
-            Ok(Ok(conn)) => {
-                // Nothing cached before this connection can be trusted: it may have missed
-                // invalidations. Flushing bumps the epoch; entries are tied to this one.
-                self.flush();
-                let generation = self
-                    .generations
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                *self.link() = Some(Link {
-                    generation,
-                    conn: conn.clone(),
-                });
-                tracing::debug!("Redis read cache: tracking connection open");
-                Some((generation, conn))
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            match tokio::time::timeout(this.connect_timeout, this.open()).await {
+                Ok(Ok(conn)) => {
+                    // Nothing cached before this connection can be trusted: it may have missed
+                    // invalidations.
+                    this.flush();
+                    let generation = this
+                        .generations
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    *this.link() = Some(Link { generation, conn });
+                    tracing::debug!("Redis read cache: tracking connection open");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Redis read cache unavailable (needs Redis 6+ with RESP3 and CLIENT TRACKING); loading uncached");
+                    this.note_failure();
+                }
+                Err(_) => this.note_failure(),
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Redis read cache unavailable (needs Redis 6+ with RESP3 and CLIENT TRACKING); loading uncached");
-                self.note_failure();
-                None
-            }
-            Err(_) => {
-                self.note_failure();
-                None
-            }
-        }
+            this.connecting
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
+        None
     }
 
     fn note_failure(&self) {
@@ -335,9 +353,12 @@ impl ReadCache {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        // NOLOOP: the saves this connection runs (`save_and_reread`) refresh the cache themselves;
+        // every other write of this process goes through the main connection and is notified.
         redis::cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")
+            .arg("NOLOOP")
             .exec_async(&mut conn)
             .await?;
         Ok(conn)
@@ -374,6 +395,85 @@ impl ReadCache {
             }
         };
         Some((ticket, answer))
+    }
+
+    /// Runs a save script and then `GET key` in one round trip on the tracking connection (a
+    /// pipeline: `EVALSHA`, then `GET`), answering the script's reply, the value `GET` read and the
+    /// [`Ticket`] to cache it with. The connection has `NOLOOP`, so the script's own write does not
+    /// invalidate this connection; the `GET` that follows reads what is stored now (the script's
+    /// value, or a later writer's) and tracks the key again, so the next load of this session is a
+    /// hit and any later change by anyone is still notified. `None` when the tracking connection is
+    /// not available or failed (save through the main connection instead; the script's digest check
+    /// makes a repeated save harmless).
+    pub(super) async fn save_and_reread(
+        self: &Arc<Self>,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+        key: &str,
+    ) -> Option<(Ticket, Result<(redis::Value, Option<Vec<u8>>), StoreError>)> {
+        let (generation, mut conn) = self.conn().await?;
+        let ticket = self.begin(key);
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(script.get_hash()).arg(keys.len());
+        for k in keys {
+            evalsha.arg(k);
+        }
+        for a in args {
+            evalsha.arg(a);
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(evalsha).cmd("GET").arg(key);
+        let mut loaded_script = false;
+        loop {
+            let sent = pipe.query_async::<(redis::Value, Option<Vec<u8>>)>(&mut conn);
+            let answer = match tokio::time::timeout(self.command_timeout, sent).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e))
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        && !loaded_script =>
+                {
+                    // A restarted or flushed server: load the script and go again (the failed
+                    // `EVALSHA` wrote nothing; its `GET` is not used).
+                    loaded_script = true;
+                    let load = script.load_async(&mut conn);
+                    match tokio::time::timeout(self.command_timeout, load).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => {
+                            self.drop_link(generation);
+                            return Some((
+                                ticket,
+                                Err(StoreError::Timeout {
+                                    backend: StoreKind::Redis,
+                                    after: self.command_timeout,
+                                }),
+                            ));
+                        }
+                    }
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    self.drop_link(generation);
+                    return Some((
+                        ticket,
+                        Err(StoreError::Timeout {
+                            backend: StoreKind::Redis,
+                            after: self.command_timeout,
+                        }),
+                    ));
+                }
+            };
+            return match answer {
+                Ok(answer) => Some((ticket, Ok(answer))),
+                Err(e) if is_connection_problem(&e) => {
+                    self.finish(ticket, None);
+                    self.drop_link(generation);
+                    None
+                }
+                Err(e) => Some((ticket, Err(map_error(e, self.command_timeout)))),
+            };
+        }
     }
 
     fn drop_link(&self, generation: u64) {

@@ -592,7 +592,7 @@ impl SessionStore for RedisStore {
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         let rkey = self.redis_key(key);
-        let _uncache = self.uncache_after(&rkey);
+        let uncache = self.uncache_after(&rkey);
         let stripe = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -622,23 +622,38 @@ impl SessionStore for RedisStore {
             let mut inv = scripts().save.prepare_invoke();
             let believed = stored_user.clone().flatten();
             let new_user = record.user.clone();
-            inv.key(&rkey).key(self.index_key_for(key));
+            let mut keys = vec![rkey.clone(), self.index_key_for(key).to_owned()];
             if let Some(u) = &believed {
-                inv.key(self.user_key_for(u, key));
+                keys.push(self.user_key_for(u, key));
             }
             if let Some(u) = new_user.as_ref().filter(|u| Some(*u) != believed.as_ref()) {
-                inv.key(self.user_key_for(u, key));
+                keys.push(self.user_key_for(u, key));
             }
-            inv.arg(expected.as_str())
-                .arg(record.to_json())
-                .arg(self.ttl_ms(&record))
-                .arg(record.expires.as_millis())
-                .arg(key.as_str())
-                .arg(user_arg(believed.as_deref()))
-                .arg(user_arg(new_user.as_deref()))
-                .arg(if stored_user.is_none() { "1" } else { "0" })
-                .arg(self.now_ms());
-            match self.exec::<SaveReply>(Op::Script(&inv)).await? {
+            let args: Vec<Vec<u8>> = vec![
+                expected.as_str().into(),
+                record.to_json(),
+                self.ttl_ms(&record).to_string().into(),
+                record.expires.as_millis().to_string().into(),
+                key.as_str().into(),
+                user_arg(believed.as_deref()).into(),
+                user_arg(new_user.as_deref()).into(),
+                if stored_user.is_none() { "1" } else { "0" }.into(),
+                self.now_ms().to_string().into(),
+            ];
+            for k in &keys {
+                inv.key(k);
+            }
+            for a in &args {
+                inv.arg(a);
+            }
+            let reply = match self.save_through_cache(&rkey, &keys, &args, &uncache).await {
+                Some(reply) => reply?,
+                None => {
+                    uncache.rearm();
+                    self.exec::<SaveReply>(Op::Script(&inv)).await?
+                }
+            };
+            match reply {
                 SaveReply::Saved => {
                     self.replicated().await?;
                     return Ok(Saved::Saved);
@@ -742,6 +757,46 @@ fn user_suffix(user: &str) -> String {
 }
 
 impl RedisStore {
+    /// With the read cache on (and no replica acknowledgements to wait for, which must be asked on
+    /// the connection that wrote): the save script and a re-read in one round trip on the tracking
+    /// connection, caching what was read, so the next load of this session is a hit. `None`: save
+    /// through the main connection.
+    async fn save_through_cache(
+        &self,
+        rkey: &str,
+        keys: &[String],
+        args: &[Vec<u8>],
+        uncache: &cache::Uncache<'_>,
+    ) -> Option<Result<SaveReply, StoreError>> {
+        let cache = self.inner.cache.as_ref()?;
+        if self.inner.config.replica_acks.is_some() {
+            return None;
+        }
+        let (ticket, answer) = cache
+            .save_and_reread(&scripts().save, keys, args, rkey)
+            .await?;
+        let (reply, current) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                cache.finish(ticket, None);
+                return Some(Err(e));
+            }
+        };
+        match self.decode_load(rkey, Ok(current)) {
+            Ok(Some(loaded)) => cache.finish(ticket, Some(&loaded)),
+            _ => {
+                cache.finish(ticket, None);
+                cache.invalidate(rkey);
+            }
+        }
+        // The cache holds what Redis holds now (or nothing): the guard has nothing left to drop.
+        uncache.disarm();
+        Some(
+            redis::FromRedisValue::from_redis_value(reply)
+                .map_err(|e| backend(format!("unexpected answer from the save script: {e}"))),
+        )
+    }
+
     /// Turns a `GET` answer into a loaded session: absent, expired, foreign or corrupt values are
     /// `None` (logged once).
     fn decode_load(
