@@ -1,32 +1,43 @@
 //! The client-side read cache of the Redis store: server-assisted, with `CLIENT TRACKING` over RESP3.
 //!
 //! Turned on with [`RedisConfig::with_read_cache`](super::RedisConfig::with_read_cache). Loads then go
-//! through a second, dedicated connection that speaks RESP3 and has tracking on: Redis remembers which
-//! session keys it read and pushes an invalidation message on that connection as soon as any client
-//! (this instance, another instance, `redis-cli`) changes or deletes one of them, or the key expires.
-//! A load of a cached session costs no round trip; everything else is unchanged (saves, creates and
-//! deletes still go through the main connection and its scripts).
+//! through a second, dedicated connection that speaks RESP3 and has tracking on (`NOLOOP`): Redis
+//! remembers which session keys it read and pushes an invalidation message on that connection as soon
+//! as any other client (the main connection of this instance, another instance, `redis-cli`) changes
+//! or deletes one of them, or the key expires. A load of a cached session costs no round trip.
+//!
+//! Saves go through the tracking connection too, as one pipeline: the save script, then `GET` of the
+//! session. `NOLOOP` keeps the script's own write from invalidating this instance; the `GET` reads
+//! what is stored now (this save's value, or a later writer's) and tracks the key again, and its answer
+//! is cached: a request that writes costs one round trip and leaves the next load a hit. Creates,
+//! deletes, revokes and cleanup use the main connection, so their writes are notified like anyone
+//! else's. (With replica acknowledgements configured, saves use the main connection too: `WAIT` must be
+//! asked on the connection that wrote.)
 //!
 //! # Correctness
 //!
 //! * **Invalidations are applied in wire order.** They are handled synchronously by the connection's
 //!   reader (an [`AsyncPushSender`]), never queued behind another task, so an invalidation that Redis
 //!   sent after a reply is applied before any later reply on that connection is used.
-//! * **No stale fill.** A load takes a [`Ticket`] before it sends `GET`; an invalidation of that key
-//!   (or a flush) while the `GET` is in flight voids the ticket and the answer is not cached, so a
-//!   value read just before another writer changed it cannot outlive the invalidation.
-//! * **Own writes.** After this instance saves, creates or deletes a session, the store drops the key
-//!   from the cache itself before answering, so its next request reads the new state even if the
-//!   invalidation message is still on its way.
+//! * **No stale fill.** A load (or a save's re-read) takes a [`Ticket`] before it sends its command;
+//!   an invalidation of that key (or a flush) while it is in flight voids the ticket and the answer is
+//!   not cached, so a value read just before another writer changed it cannot outlive the
+//!   invalidation.
+//! * **Own writes.** After this instance creates, deletes or (without the pipeline) saves a session,
+//!   the store drops the key from the cache itself before answering (a guard, however the call ends),
+//!   so its next request reads the new state even if the invalidation message is still on its way.
 //! * **Lost tracking means an empty cache.** When the tracking connection closes or fails (or Redis
 //!   answers `FLUSHALL`), the whole cache is flushed and not used again until a new connection has
-//!   tracking on: no stale read after a disconnect, when invalidations may have been missed.
+//!   tracking on: no stale read after a disconnect, when invalidations may have been missed. A new
+//!   tracking connection is opened in the background; loads use the main connection meanwhile, so
+//!   opening it never adds to a request's wait.
 //! * **Bounded.** At most `capacity` sessions are kept; beyond that an arbitrary entry is dropped.
 //!   Entries also respect the session's own expiry.
 //!
-//! Another instance sees a change as soon as its tracking connection has received the invalidation,
-//! which Redis sends while it executes the write, before the writer's reply: in practice sub-millisecond
-//! on a LAN, and never later than the writer's next request to that instance.
+//! Another instance stops serving its copy as soon as its tracking connection has read the
+//! invalidation, which Redis writes while it executes the change, before the writer gets its reply. It
+//! is not a linearizable read: a request that reaches the other instance in the microseconds between
+//! the write and that message being read can still see the previous value.
 
 use super::{is_connection_problem, map_error, RedisConfig};
 use crate::store::{Loaded, StoreError, StoreKind};

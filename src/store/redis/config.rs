@@ -467,7 +467,8 @@ impl RedisConfig {
     /// Keeps up to `sessions` recently loaded sessions in this process, kept correct by Redis itself:
     /// a second connection speaks RESP3 with `CLIENT TRACKING` on, and Redis tells it the moment any
     /// client changes, deletes or expires a cached session (default 0: off). A load of a cached
-    /// session then costs no round trip; writes are unchanged. Needs Redis 6 or later and a single
+    /// session then costs no round trip, and a save one round trip that also refreshes the cache
+    /// (the save script and a re-read, pipelined). Needs Redis 6 or later and a single
     /// server (with a cluster or Sentinel the setting is ignored, with a warning); where tracking is
     /// refused the store logs a warning and loads uncached. See [`RedisStore`](super::RedisStore)
     /// for the guarantees.
