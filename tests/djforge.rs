@@ -29,6 +29,22 @@ struct Running {
     _shutdown: Shutdown,
 }
 
+/// Serves `router` on a free loopback port with the socket peer in each request (the admin
+/// service's loopback check needs it), as the example does.
+async fn serve_with_peers(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
 /// The example's router over a failover store on `redis_port`, served with peer addresses.
 async fn start(redis_port: u16, auth: AdminAuth) -> Running {
     let dir = tempfile::tempdir().unwrap();
@@ -44,16 +60,7 @@ async fn start(redis_port: u16, auth: AdminAuth) -> Running {
         .await;
     let layer = SessionLayer::new(store.clone()).with_shutdown(&shutdown);
     let router = app::router(store, layer, auth);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let addr = serve_with_peers(router).await;
     Running {
         addr,
         dir,
@@ -512,16 +519,7 @@ async fn against_a_cluster_the_example_serves_sessions_and_reports_every_node() 
     );
     let layer = SessionLayer::new(store.clone()).with_shutdown(&shutdown);
     let router = app::router(store, layer, AdminAuth::loopback_only());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let addr = serve_with_peers(router).await;
 
     let mut browsers = Vec::new();
     for _ in 0..12 {

@@ -98,20 +98,7 @@ pub(crate) fn store_error(e: &StoreError) -> Resp {
     error(status, e.to_string())
 }
 
-/// Bytes the way Redis writes `used_memory_human`: `512B`, `1.50K`, `1.00M`, `2.25G` (powers of 1024).
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
-    if n < 1024 {
-        return format!("{n}B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.2}{}", UNITS[unit])
-}
+pub(crate) use crate::store::human_bytes;
 
 /// `GET /stats`.
 #[derive(Serialize)]

@@ -199,6 +199,21 @@ pub(crate) fn test_record(now: Timestamp, ttl: Duration) -> Record {
     }
 }
 
+/// Bytes the way Redis writes `used_memory_human`: `512B`, `1.50K`, `1.00M`, `2.25G` (powers of 1024).
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.2}{}", UNITS[unit])
+}
+
 /// `current` (an integer, or nothing / anything else counting as 0) plus `by`, saturating.
 pub(crate) fn add_to(current: Option<&Value>, by: i64) -> i64 {
     current

@@ -349,7 +349,7 @@ impl RedisStore {
         }
         Ok(Usage::Redis {
             used_memory: used,
-            used_memory_human: human(used),
+            used_memory_human: crate::store::human_bytes(used),
             maxmemory: max,
             maxmemory_policy: policy,
         })
@@ -362,21 +362,6 @@ fn parse_kv(text: &str) -> BTreeMap<String, String> {
         .filter_map(|l| l.trim().split_once(':'))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
-}
-
-/// Bytes the way `used_memory_human` shows them.
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
-    if n < 1024 {
-        return format!("{n}B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.2}{}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -392,6 +377,7 @@ mod tests {
 
     #[test]
     fn memory_reads_like_used_memory_human() {
+        use crate::store::human_bytes as human;
         assert_eq!(human(1000), "1000B");
         assert_eq!(human(1536), "1.50K");
         assert_eq!(human(3 * 1024 * 1024), "3.00M");
