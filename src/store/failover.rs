@@ -52,6 +52,13 @@ use std::time::Duration;
 /// Most keys remembered as deleted during an outage (to delete from the primary at failback).
 const MAX_TOMBSTONES: usize = 100_000;
 
+/// A migration step's failure, with the side it came from: only the primary failing is a reason to
+/// switch back to the fallback.
+enum MigrateError {
+    Primary(StoreError),
+    Fallback(StoreError),
+}
+
 /// Per-key migration locks (striped).
 const MIGRATE_LOCK_STRIPES: usize = 64;
 
@@ -380,22 +387,26 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
             );
         }
         match self.migrate_all().await {
-            Ok(moved) => {
+            Ok(moved) if !self.is_on_fallback() => {
                 self.inner.migrating.store(false, Ordering::Release);
                 tracing::info!(moved, "sessions from the outage moved to the primary store");
             }
-            Err(e) => {
+            // A request found the primary gone again and switched: the next failback resumes.
+            Ok(_) => {}
+            Err(MigrateError::Primary(e)) => {
                 tracing::warn!(error = %e, "failback interrupted; will resume on the next check");
-                // Only the primary going away again is a reason to switch; a fallback error leaves
-                // the remaining sessions to read-through and the next check.
-                if self.inner.primary.health().await.redis_healthy == Some(false) {
-                    self.note_failure(&e);
-                }
+                self.note_failure(&e);
+            }
+            Err(MigrateError::Fallback(e)) => {
+                // The primary is fine: the remaining sessions move when requested (settle) or at
+                // the next check.
+                tracing::warn!(error = %e, "failback interrupted reading the fallback");
             }
         }
     }
 
-    async fn migrate_all(&self) -> Result<u64, StoreError> {
+    async fn migrate_all(&self) -> Result<u64, MigrateError> {
+        use MigrateError::{Fallback, Primary};
         let tombstones: Vec<StoreKey> = self
             .inner
             .tombstones
@@ -405,7 +416,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
             .cloned()
             .collect();
         for key in tombstones {
-            self.inner.primary.delete(&key).await?;
+            self.inner.primary.delete(&key).await.map_err(Primary)?;
             self.inner
                 .tombstones
                 .lock()
@@ -426,7 +437,8 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
             self.inner
                 .primary
                 .revoke_user_sessions(&user, keep.as_ref())
-                .await?;
+                .await
+                .map_err(Primary)?;
             let mut t = self
                 .inner
                 .user_tombstones
@@ -441,7 +453,15 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
         let mut cursor: Option<String> = None;
         loop {
             // Pages resume after the cursor, so removing migrated keys behind it disturbs nothing.
-            let page = self.inner.fallback.list(cursor.as_deref(), 500).await?;
+            if self.is_on_fallback() {
+                return Ok(moved);
+            }
+            let page = self
+                .inner
+                .fallback
+                .list(cursor.as_deref(), 500)
+                .await
+                .map_err(Fallback)?;
             for s in &page.sessions {
                 if self.migrate_one(&s.id).await? {
                     moved += 1;
@@ -456,7 +476,8 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
 
     /// Moves one session from the fallback into the primary, unless the primary holds a newer copy.
     /// Answers whether the primary now has it.
-    async fn migrate_one(&self, key: &StoreKey) -> Result<bool, StoreError> {
+    async fn migrate_one(&self, key: &StoreKey) -> Result<bool, MigrateError> {
+        use MigrateError::{Fallback, Primary};
         // Held from reading the fallback's copy to deleting it: a second migration of the key (the
         // background pass and a request settling it) must not compare a stale snapshot with a write
         // the first one let through. Timestamps alone cannot order writes in the same millisecond.
@@ -467,12 +488,23 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
             h.finish() as usize % MIGRATE_LOCK_STRIPES
         };
         let _one_at_a_time = self.inner.migrate_locks[stripe].lock().await;
-        let Some(loaded) = self.inner.fallback.load(key).await? else {
+        if self.is_on_fallback() {
+            // The primary went away again while we waited: the copy stays where it is served from.
+            return Ok(false);
+        }
+        let Some(loaded) = self.inner.fallback.load(key).await.map_err(Fallback)? else {
             return Ok(false);
         };
         let rec = loaded.record;
-        if self.inner.primary.create(key, &rec).await? == Created::Exists {
-            if let Some(current) = self.inner.primary.load(key).await? {
+        if self
+            .inner
+            .primary
+            .create(key, &rec)
+            .await
+            .map_err(Primary)?
+            == Created::Exists
+        {
+            if let Some(current) = self.inner.primary.load(key).await.map_err(Primary)? {
                 // The fallback's copy exists because the outage wrote it, so it wins unless the
                 // primary's is strictly newer (another instance wrote it meanwhile): fast requests
                 // share milliseconds, and a tie with a pre-outage copy must not drop an acknowledged
@@ -493,20 +525,28 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                     self.inner
                         .primary
                         .save(key, &current.version, &rec, &changes)
-                        .await?;
+                        .await
+                        .map_err(Primary)?;
                 }
             }
         }
-        self.inner.fallback.delete(key).await?;
+        self.inner.fallback.delete(key).await.map_err(Fallback)?;
         Ok(true)
     }
 
     /// While failing back, moves `key`'s fallback copy (if any) into the primary before the primary
     /// is used for it: the primary may hold an older copy from before the outage, which must not be
     /// read, or written over with a newer timestamp, before the outage's copy is compared with it.
+    ///
+    /// When the primary fails meanwhile, the store fails over (the copy stays in the fallback, which
+    /// serves the request): callers check the mode again afterwards.
     async fn settle(&self, key: &StoreKey) -> Result<(), StoreError> {
         if self.inner.migrating.load(Ordering::Acquire) {
-            self.migrate_one(key).await?;
+            match self.migrate_one(key).await {
+                Ok(_) => {}
+                Err(MigrateError::Primary(e)) if e.is_unavailable() => self.note_failure(&e),
+                Err(MigrateError::Primary(e) | MigrateError::Fallback(e)) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -564,10 +604,17 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
     async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
         if !self.is_on_fallback() {
             self.settle(key).await?;
+        }
+        if !self.is_on_fallback() {
             match self.inner.primary.load(key).await {
                 Ok(Some(l)) if self.revoked_in_outage(key, &l.record) => {
-                    self.inner.primary.delete(key).await?;
-                    return Ok(None);
+                    match self.inner.primary.delete(key).await {
+                        Err(e) if e.is_unavailable() => self.note_failure(&e),
+                        other => {
+                            other?;
+                            return Ok(None);
+                        }
+                    }
                 }
                 Ok(Some(l)) => {
                     self.recent().put(key, l.record.clone());
@@ -624,6 +671,8 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
     ) -> Result<Saved, StoreError> {
         if !self.is_on_fallback() {
             self.settle(key).await?;
+        }
+        if !self.is_on_fallback() {
             let v = untag(base, FROM_PRIMARY);
             match self.inner.primary.save(key, &v, ours, changes).await {
                 Ok(Saved::Saved) => {

@@ -351,13 +351,23 @@ impl RedisStore {
         Ok((generation, conn))
     }
 
-    /// Runs one command, script or pipeline under the command timeout.
+    /// Runs one command, script or pipeline: at most the connect plus the command timeout in all.
     async fn exec<T: redis::FromRedisValue>(&self, op: Op<'_>) -> Result<T, StoreError> {
+        let budget = self.inner.config.connect_timeout + self.inner.config.command_timeout;
+        let started = Instant::now();
         match self.exec_once(&op).await {
             // An established connection was closed under us (a proxy's or Redis's idle timeout,
             // `CLIENT KILL`, a restart): one more try on a fresh connection, so a dropped connection
-            // alone is not an outage. A Redis that is really gone refuses the reconnect at once.
-            Err(Attempt::Dropped(_)) => self.exec_once(&op).await.map_err(Attempt::into_error),
+            // alone is not an outage. A Redis that is really gone refuses the reconnect at once. The
+            // retry only gets what is left of one call's budget (connect + command timeout), so the
+            // whole call never takes longer than a call without it could.
+            Err(Attempt::Dropped(e)) => {
+                let left = budget.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, self.exec_once(&op)).await {
+                    Ok(res) => res.map_err(Attempt::into_error),
+                    Err(_) => Err(e),
+                }
+            }
             other => other.map_err(Attempt::into_error),
         }
     }
