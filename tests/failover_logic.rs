@@ -306,3 +306,19 @@ async fn an_outage_write_in_the_same_millisecond_as_the_primarys_copy_still_wins
     assert_eq!(rec.data["n"], 2, "the acknowledged outage write was lost");
     assert_eq!(b.post("/incr", "").await.body, "3");
 }
+
+#[tokio::test]
+async fn a_session_moved_back_at_failback_carries_on_through_the_next_outage_untouched() {
+    let (store, primary, _fallback, mut b, _s) = setup(false).await;
+    assert_eq!(b.post("/incr", "").await.body, "1");
+    assert_eq!(b.post("/incr", "").await.body, "2");
+    // Failback moves it into the primary; nobody uses it there before the next outage.
+    primary.fail.store(false, Ordering::SeqCst);
+    store.check_now().await;
+    assert!(!store.is_on_fallback());
+    primary.fail.store(true, Ordering::SeqCst);
+    store.check_now().await;
+    assert!(store.is_on_fallback());
+    // Its state as moved is known: the client carries on instead of starting fresh.
+    assert_eq!(b.post("/incr", "").await.body, "3");
+}

@@ -496,6 +496,8 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
             return Ok(false);
         };
         let rec = loaded.record;
+        // What the primary holds afterwards, for the recent-state cache (cleared at failback).
+        let mut now_held = rec.clone();
         if self
             .inner
             .primary
@@ -527,10 +529,13 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
                         .save(key, &current.version, &rec, &changes)
                         .await
                         .map_err(Primary)?;
+                } else {
+                    now_held = current.record;
                 }
             }
         }
         self.inner.fallback.delete(key).await.map_err(Fallback)?;
+        self.recent().put(key, now_held);
         Ok(true)
     }
 
