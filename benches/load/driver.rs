@@ -181,6 +181,14 @@ pub fn run(addr: SocketAddr, clients: usize, workload: Workload, duration: Durat
     })
 }
 
+/// The variable `name` parsed as `T`, or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The median of `xs` and the spread (min..max), as text.
 pub fn median_spread(xs: &[f64], digits: usize) -> (f64, String) {
     let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();

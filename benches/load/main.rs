@@ -17,17 +17,10 @@ mod driver;
 mod probe;
 mod sf_app;
 
-use driver::{median_spread, Workload};
+use driver::{env_or, median_spread, Workload};
 use sf_app::{Mode, Server};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Default)]
 struct Cell {

@@ -19,7 +19,7 @@ mod sf_app;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use driver::{median_spread, Workload};
+use driver::{env_or, median_spread, Workload};
 use sf_app::{Mode, Server};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -86,12 +86,6 @@ fn tower_sessions_server(url: String) -> Server {
     })
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Default)]
 struct Cell {
