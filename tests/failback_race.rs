@@ -18,6 +18,35 @@ use sessionforge::store::{
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+type Store = FailoverStore<Recording<MemoryStore>, Recording<MemoryStore>>;
+
+/// The request writes `c` on top of what it loaded; once the failback has run, `a` (before the
+/// outage), `b` (during it) and `c` must all be in the primary.
+async fn save_c_then_expect_every_change(
+    store: &Store,
+    key: &sessionforge::id::StoreKey,
+    loaded: &sessionforge::store::Loaded,
+    now: sessionforge::expiry::Timestamp,
+) {
+    let mut ours = loaded.record.clone();
+    ours.last_access = now.plus(Duration::from_millis(20));
+    ours.data.insert("c".into(), json!(true));
+    let mut changes = ChangeSet::default();
+    changes.entries.insert("c".into(), Some(json!(true)));
+    assert_eq!(
+        store
+            .save(key, &loaded.version, &ours, &changes)
+            .await
+            .unwrap(),
+        Saved::Saved
+    );
+    store.check_now().await;
+    let after = store.primary().load(key).await.unwrap().unwrap().record;
+    for k in ["a", "b", "c"] {
+        assert!(after.data.contains_key(k), "{k} lost: {:?}", after.data);
+    }
+}
+
 #[tokio::test]
 async fn a_stale_primary_copy_is_not_served_while_the_outage_copy_waits_for_migration() {
     let primary = Recording::new(MemoryStore::new());
@@ -66,25 +95,9 @@ async fn a_stale_primary_copy_is_not_served_while_the_outage_copy_waits_for_migr
         "read the stale pre-outage copy: {:?}",
         loaded.record.data
     );
-    let mut ours = loaded.record.clone();
-    ours.last_access = now.plus(Duration::from_millis(20));
-    ours.data.insert("c".into(), json!(true));
-    let mut changes = ChangeSet::default();
-    changes.entries.insert("c".into(), Some(json!(true)));
-    assert_eq!(
-        store
-            .save(&key, &loaded.version, &ours, &changes)
-            .await
-            .unwrap(),
-        Saved::Saved
-    );
 
-    // The migration finishes; every change is there.
-    store.check_now().await;
-    let after = store.primary().load(&key).await.unwrap().unwrap().record;
-    for k in ["a", "b", "c"] {
-        assert!(after.data.contains_key(k), "{k} lost: {:?}", after.data);
-    }
+    // The request saves, the migration finishes; every change is there.
+    save_c_then_expect_every_change(&store, &key, &loaded, now).await;
     assert_eq!(store.fallback().count().await.unwrap(), 0);
 }
 
@@ -126,21 +139,5 @@ async fn a_save_loaded_from_the_fallback_lands_on_the_outage_copy_after_failback
     fallback.fail.store(false, Ordering::SeqCst);
     assert!(!store.is_on_fallback());
     // ... and only then does the request save `c`.
-    let mut ours = loaded.record.clone();
-    ours.last_access = now.plus(Duration::from_millis(20));
-    ours.data.insert("c".into(), json!(true));
-    let mut changes = ChangeSet::default();
-    changes.entries.insert("c".into(), Some(json!(true)));
-    assert_eq!(
-        store
-            .save(&key, &loaded.version, &ours, &changes)
-            .await
-            .unwrap(),
-        Saved::Saved
-    );
-    store.check_now().await;
-    let after = store.primary().load(&key).await.unwrap().unwrap().record;
-    for k in ["a", "b", "c"] {
-        assert!(after.data.contains_key(k), "{k} lost: {:?}", after.data);
-    }
+    save_c_then_expect_every_change(&store, &key, &loaded, now).await;
 }

@@ -2,34 +2,19 @@
 //! two app instances share one Redis, each with its own cache, and neither ever serves a session
 //! another instance changed or deleted once Redis has told it so.
 
+#[path = "support/apps.rs"]
+mod apps;
 #[path = "support/http.rs"]
 mod http_support;
 mod support;
 
-use axum::routing::{get, post};
-use axum::Router;
 use http_support::Browser;
 use sessionforge::store::redis::ReadCacheStats;
 use sessionforge::store::{RedisConfig, RedisStore};
-use sessionforge::{Session, SessionError, SessionLayer};
+use sessionforge::SessionLayer;
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::RedisServer;
-
-async fn read(session: Session) -> Result<String, SessionError> {
-    Ok(session.get::<u64>("n").await?.unwrap_or(0).to_string())
-}
-
-async fn incr(session: Session) -> Result<String, SessionError> {
-    let n = session.get::<u64>("n").await?.unwrap_or(0) + 1;
-    session.insert("n", n).await?;
-    Ok(n.to_string())
-}
-
-async fn logout(session: Session) -> Result<&'static str, SessionError> {
-    session.destroy().await?;
-    Ok("bye")
-}
 
 fn cached_store(server: &RedisServer) -> RedisStore {
     RedisStore::new(
@@ -42,11 +27,7 @@ fn cached_store(server: &RedisServer) -> RedisStore {
 }
 
 async fn serve(store: RedisStore) -> SocketAddr {
-    let app = Router::new()
-        .route("/read", get(read))
-        .route("/incr", post(incr))
-        .route("/logout", post(logout))
-        .layer(SessionLayer::new(store).with_secure(false));
+    let app = apps::counter().layer(SessionLayer::new(store).with_secure(false));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -78,6 +59,19 @@ async fn until(store: &RedisStore, what: &str, cond: impl Fn(ReadCacheStats) -> 
 async fn tracking(browser: &mut Browser, store: &RedisStore) {
     browser.get("/read").await;
     until(store, "the tracking connection", |s| s.flushes >= 1).await;
+}
+
+/// One instance on its own Redis, with a session of `n = 1` that the cache holds and tracks.
+async fn warmed() -> (RedisServer, RedisStore, Browser) {
+    let server = RedisServer::start();
+    let store = cached_store(&server);
+    let addr = serve(store.clone()).await;
+    let mut browser = Browser::new(addr);
+    browser.post("/incr", "").await;
+    tracking(&mut browser, &store).await;
+    assert_eq!(browser.get("/read").await.body, "1");
+    assert_eq!(browser.get("/read").await.body, "1");
+    (server, store, browser)
 }
 
 fn at(browser: &Browser, addr: SocketAddr) -> Browser {
@@ -162,14 +156,7 @@ async fn an_update_and_a_logout_through_one_instance_are_seen_by_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_in_redis_itself_reaches_the_cache() {
-    let server = RedisServer::start();
-    let store = cached_store(&server);
-    let addr = serve(store.clone()).await;
-    let mut browser = Browser::new(addr);
-    browser.post("/incr", "").await;
-    tracking(&mut browser, &store).await;
-    assert_eq!(browser.get("/read").await.body, "1");
-    assert_eq!(browser.get("/read").await.body, "1");
+    let (server, store, mut browser) = warmed().await;
     assert!(stats(&store).hits >= 1);
     // An operator deletes every session key behind the application's back.
     let seen = stats(&store).invalidations;
@@ -218,14 +205,7 @@ async fn a_lost_tracking_connection_empties_the_cache_so_missed_changes_are_not_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushall_empties_the_cache() {
-    let server = RedisServer::start();
-    let store = cached_store(&server);
-    let addr = serve(store.clone()).await;
-    let mut browser = Browser::new(addr);
-    browser.post("/incr", "").await;
-    tracking(&mut browser, &store).await;
-    assert_eq!(browser.get("/read").await.body, "1");
-    assert_eq!(browser.get("/read").await.body, "1");
+    let (server, store, mut browser) = warmed().await;
     let flushes = stats(&store).flushes;
     server.cli(&["FLUSHALL"]);
     until(&store, "the flush", |s| s.flushes > flushes).await;

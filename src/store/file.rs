@@ -975,7 +975,6 @@ mod tests {
     use super::*;
     use crate::expiry::ManualClock;
     use crate::id::Token;
-    use serde_json::json;
 
     use crate::store::test_record as record;
 
@@ -1009,26 +1008,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::starting_now();
         let store = FileStore::new(dir.path()).with_clock(clock.clone());
-        let key = Token::generate().store_key();
-        let rec = record(clock.now(), Duration::from_secs(60));
-        assert_eq!(store.create(&key, &rec).await.unwrap(), Created::Created);
-        let base = store.load(&key).await.unwrap().unwrap().version;
-        for k in ["x", "y"] {
-            let mut changes = ChangeSet::default();
-            changes.entries.insert(k.into(), Some(json!(k)));
-            let mut ours = rec.clone();
-            changes.apply(&mut ours.data);
-            assert_eq!(
-                store.save(&key, &base, &ours, &changes).await.unwrap(),
-                Saved::Saved
-            );
-        }
-        let loaded = store.load(&key).await.unwrap().unwrap();
-        assert_eq!(
-            serde_json::Value::Object(loaded.record.data),
-            json!({"n": 1, "x": "x", "y": "y"})
-        );
-        assert_ne!(loaded.version, base);
+        let (key, rec) = crate::store::assert_stale_saves_merge(&store, clock.now()).await;
         assert_eq!(store.create(&key, &rec).await.unwrap(), Created::Exists);
     }
 

@@ -299,7 +299,7 @@ mod tests {
     use super::*;
     use crate::expiry::{Clock, ManualClock, Timestamp};
     use crate::id::Token;
-    use serde_json::json;
+
     use std::time::Duration;
 
     use crate::store::test_record as record;
@@ -349,26 +349,7 @@ mod tests {
     #[tokio::test]
     async fn a_save_against_an_old_version_merges_instead_of_overwriting() {
         let store = MemoryStore::new();
-        let key = Token::generate().store_key();
-        let now = crate::expiry::SystemClock.now();
-        let rec = record(now, Duration::from_secs(60));
-        store.create(&key, &rec).await.unwrap();
-        let base = store.load(&key).await.unwrap().unwrap().version;
-        for k in ["x", "y"] {
-            let mut changes = ChangeSet::default();
-            changes.entries.insert(k.into(), Some(json!(k)));
-            let mut ours = rec.clone();
-            changes.apply(&mut ours.data);
-            assert_eq!(
-                store.save(&key, &base, &ours, &changes).await.unwrap(),
-                Saved::Saved
-            );
-        }
-        let data = store.load(&key).await.unwrap().unwrap().record.data;
-        assert_eq!(
-            serde_json::Value::Object(data),
-            json!({"n": 1, "x": "x", "y": "y"})
-        );
+        crate::store::assert_stale_saves_merge(&store, crate::expiry::SystemClock.now()).await;
     }
 
     #[tokio::test]

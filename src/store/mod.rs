@@ -214,6 +214,36 @@ pub(crate) fn human_bytes(n: u64) -> String {
     format!("{v:.2}{}", UNITS[unit])
 }
 
+/// The conformance check every store's unit tests share: two saves made against the same (by then
+/// stale) version both land, merged, and the version moves. Answers the key and the record created.
+#[cfg(test)]
+pub(crate) async fn assert_stale_saves_merge<S: SessionStore>(
+    store: &S,
+    now: Timestamp,
+) -> (StoreKey, Record) {
+    let key = crate::id::Token::generate().store_key();
+    let rec = test_record(now, Duration::from_secs(60));
+    assert_eq!(store.create(&key, &rec).await.unwrap(), Created::Created);
+    let base = store.load(&key).await.unwrap().unwrap().version;
+    for k in ["x", "y"] {
+        let mut changes = ChangeSet::default();
+        changes.entries.insert(k.into(), Some(Value::from(k)));
+        let mut ours = rec.clone();
+        changes.apply(&mut ours.data);
+        assert_eq!(
+            store.save(&key, &base, &ours, &changes).await.unwrap(),
+            Saved::Saved
+        );
+    }
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        Value::Object(loaded.record.data),
+        serde_json::json!({"n": 1, "x": "x", "y": "y"})
+    );
+    assert_ne!(loaded.version, base);
+    (key, rec)
+}
+
 /// `current` (an integer, or nothing / anything else counting as 0) plus `by`, saturating.
 pub(crate) fn add_to(current: Option<&Value>, by: i64) -> i64 {
     current
