@@ -63,7 +63,17 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let layer = SessionLayer::new(MemoryStore::new()).with_secure(false);
+        let layer = match std::env::var("PER_REQUEST_REDIS") {
+            Ok(url) => {
+                let mut config = sessionforge::store::RedisConfig::new(&url).expect("redis url");
+                if std::env::var("PER_REQUEST_CACHE").is_ok() {
+                    config = config.with_read_cache(10_000);
+                }
+                let store = sessionforge::store::RedisStore::new(config).expect("redis store");
+                SessionLayer::new(store).with_secure(false)
+            }
+            Err(_) => SessionLayer::new(MemoryStore::new()).with_secure(false),
+        };
         let res = layer
             .layer(tower::service_fn(write))
             .oneshot(Request::new(Body::new()))

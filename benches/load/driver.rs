@@ -46,6 +46,8 @@ pub struct Stats {
     pub elapsed: Duration,
     /// Latencies in microseconds, sorted.
     pub latencies_us: Vec<u32>,
+    /// CPU time the driver's thread used during the measured run, in nanoseconds.
+    pub driver_ns: u64,
 }
 
 impl Stats {
@@ -166,6 +168,7 @@ pub fn run(addr: SocketAddr, clients: usize, workload: Workload, duration: Durat
             }));
         }
         start.wait().await;
+        let cpu0 = super::cpu::this_thread_ns();
         let mut stats = Stats::default();
         let mut longest = Duration::ZERO;
         for t in tasks {
@@ -176,6 +179,7 @@ pub fn run(addr: SocketAddr, clients: usize, workload: Workload, duration: Durat
             longest = longest.max(el);
         }
         stats.elapsed = longest;
+        stats.driver_ns = super::cpu::this_thread_ns().saturating_sub(cpu0);
         stats.latencies_us.sort_unstable();
         stats
     })

@@ -8,11 +8,13 @@
 //!
 //! Environment: `LOAD_SECS` (seconds per run, default 2), `LOAD_REPS` (repetitions, default 3),
 //! `LOAD_CLIENTS` (connections, default 64), `LOAD_MODES` (comma-separated subset of
-//! `none,memory,redis,cached,failover,file`).
+//! `none,memory,redis,cached,failover,file`), `LOAD_PIN` (`0`: no CPU placement; see `cpu.rs`).
+//! Besides req/s it prints the CPU time per request of the server, of Redis and of the driver.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod cpu;
 mod driver;
 mod probe;
 mod sf_app;
@@ -31,6 +33,9 @@ struct Cell {
     cmds: Vec<f64>,
     detail: String,
     bytes: Vec<f64>,
+    server_us: Vec<f64>,
+    redis_us: Vec<f64>,
+    driver_us: Vec<f64>,
 }
 
 fn main() {
@@ -59,11 +64,13 @@ fn main() {
         .collect();
     let duration = Duration::from_secs_f64(secs);
     let redis = support::RedisServer::start();
+    let placement = cpu::place(redis.pid());
     println!(
         "load: {clients} connections, {secs} s per run, {reps} interleaved repetitions, redis-server {} on port {}",
         redis.cli(&["INFO", "server"]).lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim(),
         redis.port()
     );
+    println!("{placement}");
     let mut cells: BTreeMap<(usize, usize), Cell> = BTreeMap::new();
     for rep in 0..reps {
         for (mi, &mode) in modes.iter().enumerate() {
@@ -78,8 +85,14 @@ fn main() {
                 if mode.uses_redis() {
                     probe::reset_stats(&redis);
                 }
-                let stats = driver::run(server.addr, clients, workload, duration);
+                let info = || mode.uses_redis().then(|| redis.cli(&["INFO", "cpu"]));
+                let (stats, per) = cpu::measured(info, || {
+                    driver::run(server.addr, clients, workload, duration)
+                });
                 let cell = cells.entry((mi, wi)).or_default();
+                cell.server_us.push(per.server_us);
+                cell.redis_us.push(per.redis_us);
+                cell.driver_us.push(per.driver_us);
                 cell.rps.push(stats.rps());
                 cell.p50.push(stats.percentile_ms(0.50));
                 cell.p99.push(stats.percentile_ms(0.99));
@@ -119,9 +132,10 @@ fn main() {
         }
     }
     println!();
-    println!("| mode | workload | req/s median (min..max) | p50 ms | p99 ms | errors | Redis cmds/req (busiest) | Redis bytes/session |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| mode | workload | req/s median (min..max) | p50 ms | p99 ms | errors | CPU µs/req: server + Redis (driver) | Redis cmds/req (busiest) | Redis bytes/session |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut rps_of = BTreeMap::new();
+    let mut cpu_of = BTreeMap::new();
     for ((mi, wi), c) in &cells {
         let (rps, rps_s) = median_spread(&c.rps, 0);
         rps_of.insert((modes[*mi], *wi), rps);
@@ -137,11 +151,16 @@ fn main() {
         } else {
             median_spread(&c.bytes, 0).1
         };
+        let (server, _) = median_spread(&c.server_us, 1);
+        let (redis_cpu, _) = median_spread(&c.redis_us, 1);
+        let (driver_cpu, _) = median_spread(&c.driver_us, 1);
+        cpu_of.insert((modes[*mi], *wi), server + redis_cpu);
         println!(
-            "| {} | {} | {rps_s} | {p50} | {p99} | {} | {cmds} | {bytes} |",
+            "| {} | {} | {rps_s} | {p50} | {p99} | {} | {server:.1} + {redis_cpu:.1} = {:.1} ({driver_cpu:.1}) | {cmds} | {bytes} |",
             modes[*mi].name(),
             Workload::ALL[*wi].name(),
-            c.errors
+            c.errors,
+            server + redis_cpu
         );
     }
     println!();
@@ -151,9 +170,10 @@ fn main() {
             rps_of.get(&(Mode::Memory, wi)),
         ) {
             println!(
-                "memory / no sessions, {}: {:.2} (target >= 0.85)",
+                "memory / no sessions, {}: throughput {:.2} (target >= 0.85); requests per server CPU-second {:.2}",
                 w.name(),
-                mem / none
+                mem / none,
+                cpu_of[&(Mode::NoSessions, wi)] / cpu_of[&(Mode::Memory, wi)]
             );
         }
     }

@@ -147,30 +147,37 @@ impl Server {
     {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("server runtime");
-            rt.block_on(async move {
-                let shutdown = Shutdown::new();
-                let router = make(&shutdown).await;
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                addr_tx.send(listener.local_addr().expect("addr")).ok();
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .expect("serve");
-                shutdown.trigger();
-                let _ = shutdown.drain(std::time::Duration::from_secs(2)).await;
-            });
-        });
+        let thread = std::thread::Builder::new()
+            .name("sut-main".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("sut-worker")
+                    .enable_all()
+                    .build()
+                    .expect("server runtime");
+                rt.block_on(async move {
+                    let shutdown = Shutdown::new();
+                    let router = make(&shutdown).await;
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .expect("bind");
+                    addr_tx.send(listener.local_addr().expect("addr")).ok();
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop_rx.await;
+                        })
+                        .await
+                        .expect("serve");
+                    shutdown.trigger();
+                    let _ = shutdown.drain(std::time::Duration::from_secs(2)).await;
+                });
+            })
+            .expect("server thread");
         let addr = addr_rx.recv().expect("server started");
+        if super::cpu::pinning() {
+            super::cpu::pin_threads(super::cpu::SERVER_THREAD, &super::cpu::server_cpus());
+        }
         Server {
             addr,
             stop: Some(stop_tx),

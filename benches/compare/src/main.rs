@@ -4,11 +4,15 @@
 //!     cargo run --release --manifest-path benches/compare/Cargo.toml
 //!
 //! Environment as for the load benchmark: `LOAD_SECS` (default 2), `LOAD_REPS` (default 3),
-//! `LOAD_CLIENTS` (default 64).
+//! `LOAD_CLIENTS` (default 64), `LOAD_PIN` (`0`: no CPU placement); `LOAD_LIBS` picks a subset of
+//! `redis,cached,tower-sessions,floor`; `FLOOR_SCRIPT=1` makes the floor's write a small Lua script
+//! (`GET`, `sha1hex`, `SET`, `ZADD`) instead of a plain `SET`.
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
 
+#[path = "../../load/cpu.rs"]
+mod cpu;
 #[path = "../../load/driver.rs"]
 mod driver;
 #[path = "../../load/probe.rs"]
@@ -35,6 +39,10 @@ enum Lib {
     SfCached,
     /// tower-sessions with tower-sessions-redis-store.
     TowerSessions,
+    /// Not a session library: the least any Redis-backed session layer with a read cache can do. A
+    /// write is one plain `SET` (redis-rs, one multiplexed connection) of a 126-byte value; a read
+    /// costs nothing. What a session library adds is measured against this.
+    Floor,
 }
 
 impl Lib {
@@ -43,6 +51,7 @@ impl Lib {
             Lib::SfRedis => "sessionforge redis",
             Lib::SfCached => "sessionforge redis + read cache",
             Lib::TowerSessions => "tower-sessions redis",
+            Lib::Floor => "floor: one SET per write (no sessions)",
         }
     }
 }
@@ -69,6 +78,53 @@ async fn ts_read(session: Session) -> Result<String, StatusCode> {
     Ok(n.to_string())
 }
 
+/// The floor server (see [`Lib::Floor`]): `/write` stores a 126-byte value under one of 64 keys with
+/// a TTL, `/read` answers without Redis.
+fn floor_server(url: String) -> Server {
+    Server::spawn(move |_shutdown| {
+        Box::pin(async move {
+            let client = redis::Client::open(url.as_str()).expect("url");
+            let conn = redis::aio::ConnectionManager::new(client)
+                .await
+                .expect("connect");
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let write = move || {
+                let mut conn = conn.clone();
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 64;
+                async move {
+                    let value = format!("{{\"createdAt\":1795760393174,\"lastAccess\":1795760395176,\"expires\":1795846795176,\"deadline\":1796365193174,\"data\":{{\"counter\":{n:03}}}}}");
+                    if std::env::var("FLOOR_SCRIPT").is_ok() {
+                        let script = redis::Script::new("local c = redis.call('GET', KEYS[1]); if c and redis.sha1hex(c) == ARGV[3] then return 2 end; redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4]); return 1");
+                        let _: i64 = script
+                            .key(format!("floor:{n}"))
+                            .key("floor:index")
+                            .arg(value)
+                            .arg(86_400_000u64)
+                            .arg("x")
+                            .arg(n)
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+                    } else {
+                        let _: () = redis::cmd("SET")
+                            .arg(format!("floor:{n}"))
+                            .arg(value)
+                            .arg("PX")
+                            .arg(86_400_000u64)
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+                    }
+                    Ok::<_, StatusCode>(n.to_string())
+                }
+            };
+            Router::new()
+                .route("/write", get(write))
+                .route("/read", get(|| async { "0" }))
+        })
+    })
+}
+
 fn tower_sessions_server(url: String) -> Server {
     Server::spawn(move |_shutdown| {
         Box::pin(async move {
@@ -86,7 +142,6 @@ fn tower_sessions_server(url: String) -> Server {
     })
 }
 
-
 #[derive(Default)]
 struct Cell {
     rps: Vec<f64>,
@@ -98,6 +153,9 @@ struct Cell {
     bytes: Vec<f64>,
     sample: String,
     index_bytes: Vec<f64>,
+    server_us: Vec<f64>,
+    redis_us: Vec<f64>,
+    driver_us: Vec<f64>,
 }
 
 fn main() {
@@ -106,11 +164,24 @@ fn main() {
     let clients: usize = env_or("LOAD_CLIENTS", 64);
     let duration = Duration::from_secs_f64(secs);
     let redis = support::RedisServer::start();
+    let placement = cpu::place(redis.pid());
     println!(
         "compare: {clients} connections, {secs} s per run, {reps} interleaved repetitions, own redis-server on port {}",
         redis.port()
     );
-    let libs = [Lib::SfRedis, Lib::SfCached, Lib::TowerSessions];
+    println!("{placement}");
+    // `LOAD_LIBS`: a comma-separated subset of `redis,cached,tower-sessions,floor` (default: all).
+    let wanted = std::env::var("LOAD_LIBS").unwrap_or_default();
+    let libs: Vec<Lib> = [
+        ("redis", Lib::SfRedis),
+        ("cached", Lib::SfCached),
+        ("tower-sessions", Lib::TowerSessions),
+        ("floor", Lib::Floor),
+    ]
+    .into_iter()
+    .filter(|(k, _)| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == *k))
+    .map(|(_, l)| l)
+    .collect();
     let mut cells: BTreeMap<(Lib, usize), Cell> = BTreeMap::new();
     for rep in 0..reps {
         for &lib in &libs {
@@ -118,20 +189,29 @@ fn main() {
                 probe::reset(&redis);
                 let dir = tempfile::tempdir().expect("tempdir");
                 let server = match lib {
-                    Lib::SfRedis => Server::start(Mode::Redis, Some(redis.url()), dir.path().into()),
+                    Lib::SfRedis => {
+                        Server::start(Mode::Redis, Some(redis.url()), dir.path().into())
+                    }
                     Lib::SfCached => {
                         Server::start(Mode::RedisCached, Some(redis.url()), dir.path().into())
                     }
                     Lib::TowerSessions => tower_sessions_server(redis.url()),
+                    Lib::Floor => floor_server(redis.url()),
                 };
                 driver::run(server.addr, clients, workload, Duration::from_millis(300));
                 probe::reset_stats(&redis);
-                let stats = driver::run(server.addr, clients, workload, duration);
+                let (stats, cpu_per) = cpu::measured(
+                    || Some(redis.cli(&["INFO", "cpu"])),
+                    || driver::run(server.addr, clients, workload, duration),
+                );
                 let calls = probe::command_calls(&redis);
                 let (per, detail) = probe::per_request(&calls, stats.requests);
                 let (bytes, sessions, index_bytes) = probe::memory_breakdown(&redis);
                 let cell = cells.entry((lib, wi)).or_default();
                 cell.rps.push(stats.rps());
+                cell.server_us.push(cpu_per.server_us);
+                cell.redis_us.push(cpu_per.redis_us);
+                cell.driver_us.push(cpu_per.driver_us);
                 cell.p50.push(stats.percentile_ms(0.5));
                 cell.p99.push(stats.percentile_ms(0.99));
                 cell.errors += stats.errors;
@@ -159,20 +239,24 @@ fn main() {
         }
     }
     println!();
-    println!("| library | workload | req/s median (min..max) | p50 ms | p99 ms | errors | Redis cmds/req (busiest) | Redis bytes/session |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| library | workload | req/s median (min..max) | p50 ms | p99 ms | errors | CPU µs/req: server + Redis (driver) | Redis cmds/req (busiest) | Redis bytes/session |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut med = BTreeMap::new();
     for ((lib, wi), c) in &cells {
         let (rps, rps_s) = median_spread(&c.rps, 0);
         let (bytes, bytes_s) = median_spread(&c.bytes, 0);
-        med.insert((*lib, *wi), (rps, bytes));
+        let (server, _) = median_spread(&c.server_us, 1);
+        let (redis_cpu, _) = median_spread(&c.redis_us, 1);
+        let (driver_cpu, _) = median_spread(&c.driver_us, 1);
+        med.insert((*lib, *wi), (rps, bytes, server + redis_cpu));
         println!(
-            "| {} | {} | {rps_s} | {} | {} | {} | {} ({}) | {bytes_s} |",
+            "| {} | {} | {rps_s} | {} | {} | {} | {server:.1} + {redis_cpu:.1} = {:.1} ({driver_cpu:.1}) | {} ({}) | {bytes_s} |",
             lib.name(),
             Workload::ALL[*wi].name(),
             median_spread(&c.p50, 2).1,
             median_spread(&c.p99, 2).1,
             c.errors,
+            server + redis_cpu,
             median_spread(&c.cmds, 2).1,
             c.detail
         );
@@ -180,14 +264,19 @@ fn main() {
     println!();
     for (wi, w) in Workload::ALL.iter().enumerate() {
         let target = if *w == Workload::Write { 1.2 } else { 2.0 };
-        let (ts, ts_bytes) = med[&(Lib::TowerSessions, wi)];
+        let Some(&(ts, ts_bytes, ts_cpu)) = med.get(&(Lib::TowerSessions, wi)) else {
+            continue;
+        };
         for lib in [Lib::SfRedis, Lib::SfCached] {
-            let (sf, sf_bytes) = med[&(lib, wi)];
+            let Some(&(sf, sf_bytes, sf_cpu)) = med.get(&(lib, wi)) else {
+                continue;
+            };
             println!(
-                "{} / tower-sessions, {}: throughput {:.2} (target >= {target}), bytes/session {:.2} (target <= 1.2)",
+                "{} / tower-sessions, {}: throughput {:.2} (target >= {target}), requests per CPU-second (server + Redis) {:.2}, bytes/session {:.2} (target <= 1.2)",
                 lib.name(),
                 w.name(),
                 sf / ts,
+                ts_cpu / sf_cpu,
                 sf_bytes / ts_bytes
             );
         }
@@ -202,6 +291,7 @@ fn main() {
             Lib::SfRedis => Server::start(Mode::Redis, Some(redis.url()), dir.path().into()),
             Lib::SfCached => Server::start(Mode::RedisCached, Some(redis.url()), dir.path().into()),
             Lib::TowerSessions => tower_sessions_server(redis.url()),
+            Lib::Floor => continue,
         };
         for _ in 0..4 {
             driver::run(server.addr, 250, Workload::Write, Duration::from_millis(50));
@@ -216,7 +306,7 @@ fn main() {
         );
     }
     println!();
-    for lib in libs {
+    for &lib in &libs {
         if let Some(c) = cells.get(&(lib, 0)) {
             println!(
                 "{}: {} bytes/session of which {} in indexes; a stored session: {}",
