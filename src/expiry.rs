@@ -139,8 +139,10 @@ pub struct Expiry {
     pub idle: Duration,
     /// How long a session lives after it was created, however busy.
     pub absolute: Duration,
-    /// The fraction of `idle` (in per-mille) that must pass since the last write before a read-only
-    /// request refreshes the session's expiry. 250 (a quarter) by default; 0 touches on every request.
+    /// How far (in per-mille of `idle`) a session's expiry must be able to move before a request
+    /// refreshes it: 250 (a quarter) by default, so an active session's expiry, its TTL, its index
+    /// entry and its cookie's `Max-Age` are rewritten about once a quarter of the idle window rather
+    /// than on every request; 0 refreshes on every request.
     pub touch_after_permille: u16,
 }
 
@@ -168,8 +170,33 @@ impl Expiry {
 
     /// Whether a read-only request at `now` should refresh a session last written at `last_access`.
     pub fn needs_touch(&self, last_access: Timestamp, now: Timestamp) -> bool {
-        let window = self.idle.as_millis() as u64 * u64::from(self.touch_after_permille) / 1000;
-        now.as_millis().saturating_sub(last_access.as_millis()) >= window
+        now.as_millis().saturating_sub(last_access.as_millis()) >= self.touch_window_ms()
+    }
+
+    /// Whether a request at `now` should move the expiry of a session that now expires at `expires`
+    /// (and ends for good at `deadline`): when the new expiry would be at least the touch window later.
+    /// The same rule for reads and writes, so a busy session's expiry (and with it its cookie) is
+    /// rewritten once a window, not on every request. Near the deadline the expiry cannot move, so it
+    /// is never due.
+    ///
+    /// ```
+    /// use sessionforge::expiry::{Expiry, Timestamp};
+    /// use std::time::Duration;
+    /// let e = Expiry { idle: Duration::from_secs(100), absolute: Duration::from_secs(1000), touch_after_permille: 250 };
+    /// let deadline = Timestamp::from_millis(1_000_000);
+    /// let expires = Timestamp::from_millis(100_000); // written at 0
+    /// assert!(!e.refresh_due(expires, deadline, Timestamp::from_millis(24_999)));
+    /// assert!(e.refresh_due(expires, deadline, Timestamp::from_millis(25_000)));
+    /// ```
+    pub fn refresh_due(&self, expires: Timestamp, deadline: Timestamp, now: Timestamp) -> bool {
+        let target = now.plus(self.idle).min(deadline);
+        self.touch_after_permille == 0
+            || (target.as_millis() > expires.as_millis()
+                && target.as_millis() - expires.as_millis() >= self.touch_window_ms())
+    }
+
+    fn touch_window_ms(&self) -> u64 {
+        self.idle.as_millis() as u64 * u64::from(self.touch_after_permille) / 1000
     }
 }
 
@@ -203,6 +230,35 @@ mod tests {
         let t0 = Timestamp::from_millis(0);
         assert!(!e.needs_touch(t0, Timestamp::from_millis(24_999)));
         assert!(e.needs_touch(t0, Timestamp::from_millis(25_000)));
+    }
+
+    #[test]
+    fn a_refresh_is_due_when_the_expiry_would_move_by_the_window_and_never_past_the_deadline() {
+        let e = Expiry {
+            idle: Duration::from_secs(100),
+            absolute: Duration::from_secs(1000),
+            touch_after_permille: 250,
+        };
+        let deadline = Timestamp::from_millis(1_000_000);
+        // Written at 10 s: expires at 110 s.
+        let expires = Timestamp::from_millis(110_000);
+        assert!(!e.refresh_due(expires, deadline, Timestamp::from_millis(34_999)));
+        assert!(e.refresh_due(expires, deadline, Timestamp::from_millis(35_000)));
+        // Close to the deadline the expiry is the deadline and cannot move.
+        let at_deadline = Timestamp::from_millis(1_000_000);
+        assert!(!e.refresh_due(at_deadline, deadline, Timestamp::from_millis(990_000)));
+        // Moving less than the window towards the deadline is not due either.
+        assert!(!e.refresh_due(
+            Timestamp::from_millis(990_000),
+            deadline,
+            Timestamp::from_millis(995_000)
+        ));
+        // A window of 0 refreshes on every request.
+        let every = Expiry {
+            touch_after_permille: 0,
+            ..e
+        };
+        assert!(every.refresh_due(expires, deadline, Timestamp::from_millis(10_000)));
     }
 
     #[test]

@@ -186,8 +186,10 @@ impl SessionLayer {
         self
     }
 
-    /// The fraction of the idle window (0.0 to 1.0) that must pass before a read-only request refreshes
-    /// the session's expiry (default 0.25; 0.0 refreshes on every request that reads the session).
+    /// How far, as a fraction of the idle window (0.0 to 1.0), a session's expiry must be able to move
+    /// before a request refreshes it (default 0.25). Until then a read-only request writes nothing, and
+    /// a request that changes data saves it without moving the expiry, so no `Set-Cookie` is sent and
+    /// the store's expiry index is left alone. 0.0 refreshes on every request that uses the session.
     pub fn with_touch_after(mut self, fraction: f64) -> Self {
         self.expiry.touch_after_permille = (fraction.clamp(0.0, 1.0) * 1000.0).round() as u16;
         self.built = Default::default();

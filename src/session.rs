@@ -568,15 +568,28 @@ impl Session {
                 fresh: true,
             });
         }
-        if changes.is_empty() && !config.expiry.needs_touch(record.last_access, now) {
+        // The expiry moves (and the cookie is sent again) once it can move by the touch window, or
+        // when the deadline changed; otherwise a change is saved under the expiry it already has.
+        let touch = changes.deadline.is_some()
+            || config
+                .expiry
+                .refresh_due(record.expires, record.deadline, now);
+        if changes.is_empty() && !touch {
             return Ok(Outcome::Nothing);
         }
-        refresh(record, config, now);
+        if touch {
+            refresh(record, config, now);
+        } else {
+            record.last_access = now;
+        }
         check_size(record, config.max_size)?;
         match store.save(&key, &version, record, changes).await? {
             Saved::Saved => {
                 Metrics::global().count(Event::Saved);
                 self.enforce_cap(login.as_deref(), &key).await;
+                if !touch {
+                    return Ok(Outcome::Nothing);
+                }
                 Ok(Outcome::Send {
                     token: self
                         .inner

@@ -15,7 +15,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use http_support::{raw, serve, Browser};
 use recording::{Call, Recording};
-use sessionforge::expiry::ManualClock;
+use sessionforge::expiry::{Clock, ManualClock};
 use sessionforge::id::Token;
 use sessionforge::store::{ManagedStore, MemoryStore, SessionStore};
 use sessionforge::{Session, SessionError, SessionLayer, StoreErrorPolicy};
@@ -210,6 +210,38 @@ async fn a_read_only_request_writes_nothing_until_the_touch_interval() {
     b.get("/read").await;
     let calls = store.take();
     assert!(matches!(calls.as_slice(), [Call::Load(_)]), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_write_inside_the_touch_window_keeps_the_expiry_and_sends_no_cookie() {
+    let clock = ManualClock::starting_now();
+    let store = MemoryStore::new().with_clock(clock.clone());
+    let layer = SessionLayer::new(store.clone())
+        .with_clock(clock.clone())
+        .with_idle_timeout(Duration::from_secs(400));
+    let mut b = start(layer).await;
+    b.post("/incr", "").await;
+    let key = Token::parse(b.cookie.as_ref().unwrap())
+        .unwrap()
+        .store_key();
+    let first = store.load(&key).await.unwrap().unwrap().record;
+    // 99 s later (under a quarter of the idle window): the data is saved, the expiry stays, no cookie.
+    clock.advance(Duration::from_secs(99));
+    let r = b.post("/incr", "").await;
+    assert_eq!(r.body, "2");
+    assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
+    let second = store.load(&key).await.unwrap().unwrap().record;
+    assert_eq!(second.data["n"], 2);
+    assert_eq!(second.expires, first.expires);
+    assert_eq!(second.last_access, clock.now(), "last access still follows writes");
+    // Once the expiry can move by the window, a write moves it and sends the cookie again.
+    clock.advance(Duration::from_secs(2));
+    let r = b.post("/incr", "").await;
+    let c = r.cookie("id").expect("the refreshed cookie");
+    assert!(r.set_cookies()[0].contains("Max-Age=400"), "{c}");
+    let third = store.load(&key).await.unwrap().unwrap().record;
+    assert_eq!(third.expires, clock.now().plus(Duration::from_secs(400)));
+    assert_eq!(third.data["n"], 3);
 }
 
 #[tokio::test]

@@ -155,7 +155,7 @@ impl<'a> Uncache<'a> {
         }
     }
 
-    /// The write refreshed the cache itself ([`ReadCache::save_and_reread`]): nothing to drop.
+    /// The write refreshed the cache itself ([`ReadCache::save_tracked`]): nothing to drop.
     pub(super) fn disarm(&self) {
         self.armed
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -364,7 +364,7 @@ impl ReadCache {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        // NOLOOP: the saves this connection runs (`save_and_reread`) refresh the cache themselves;
+        // NOLOOP: the saves this connection runs (`save_tracked`) refresh the cache themselves;
         // every other write of this process goes through the main connection and is notified.
         redis::cmd("CLIENT")
             .arg("TRACKING")
@@ -408,21 +408,20 @@ impl ReadCache {
         Some((ticket, answer))
     }
 
-    /// Runs a save script and then `GET key` in one round trip on the tracking connection (a
-    /// pipeline: `EVALSHA`, then `GET`), answering the script's reply, the value `GET` read and the
-    /// [`Ticket`] to cache it with. The connection has `NOLOOP`, so the script's own write does not
-    /// invalidate this connection; the `GET` that follows reads what is stored now (the script's
-    /// value, or a later writer's) and tracks the key again, so the next load of this session is a
-    /// hit and any later change by anyone is still notified. `None` when the tracking connection is
-    /// not available or failed (save through the main connection instead; the script's digest check
-    /// makes a repeated save harmless).
-    pub(super) async fn save_and_reread(
+    /// Runs a save script on the tracking connection, answering its reply and the [`Ticket`] to cache
+    /// the saved value with. The connection has `NOLOOP`, so the script's own write does not
+    /// invalidate this connection; the script ends with a `GET` of the session (see its `ARGV[10]`),
+    /// which Redis counts as this connection's read, so the key is tracked again and any later change
+    /// by anyone is notified: the caller may cache what it wrote. One round trip, and nothing read
+    /// back. `None` when the tracking connection is not available or failed (save through the main
+    /// connection instead; the script's digest check makes a repeated save harmless).
+    pub(super) async fn save_tracked(
         self: &Arc<Self>,
         script: &redis::Script,
         keys: &[String],
         args: &[Vec<u8>],
         key: &str,
-    ) -> Option<(Ticket, Result<(redis::Value, Option<Vec<u8>>), StoreError>)> {
+    ) -> Option<(Ticket, Result<redis::Value, StoreError>)> {
         let (generation, mut conn) = self.conn().await?;
         let ticket = self.begin(key);
         let mut evalsha = redis::cmd("EVALSHA");
@@ -433,11 +432,9 @@ impl ReadCache {
         for a in args {
             evalsha.arg(a);
         }
-        let mut pipe = redis::pipe();
-        pipe.add_command(evalsha).cmd("GET").arg(key);
         let mut loaded_script = false;
         loop {
-            let sent = pipe.query_async::<(redis::Value, Option<Vec<u8>>)>(&mut conn);
+            let sent = evalsha.query_async::<redis::Value>(&mut conn);
             let answer = match tokio::time::timeout(self.command_timeout, sent).await {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(e))
@@ -445,7 +442,7 @@ impl ReadCache {
                         && !loaded_script =>
                 {
                     // A restarted or flushed server: load the script and go again (the failed
-                    // `EVALSHA` wrote nothing; its `GET` is not used).
+                    // `EVALSHA` wrote nothing).
                     loaded_script = true;
                     let load = script.load_async(&mut conn);
                     match tokio::time::timeout(self.command_timeout, load).await {

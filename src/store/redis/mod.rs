@@ -309,7 +309,9 @@ impl RedisStore {
             return Ok(c);
         }
         let limit = self.inner.config.connect_timeout;
-        tokio::time::timeout(limit, self.connect())
+        // Boxed: connecting is rare, and its future is large; inline it would make every store
+        // call's future (moved into a box per call) kilobytes bigger.
+        tokio::time::timeout(limit, Box::pin(self.connect()))
             .await
             .unwrap_or(Err(StoreError::Timeout {
                 backend: StoreKind::Redis,
@@ -363,7 +365,7 @@ impl RedisStore {
             // whole call never takes longer than a call without it could.
             Err(Attempt::Dropped(e)) => {
                 let left = budget.saturating_sub(started.elapsed());
-                match tokio::time::timeout(left, self.exec_once(&op)).await {
+                match tokio::time::timeout(left, Box::pin(self.exec_once(&op))).await {
                     Ok(res) => res.map_err(Attempt::into_error),
                     Err(_) => Err(e),
                 }
@@ -626,6 +628,8 @@ impl SessionStore for RedisStore {
             None => Some(ours.user.clone()),
             Some(_) => None,
         };
+        // Saves go through the read cache's tracking connection, whose script reads the key again.
+        let tracked = self.inner.cache.is_some() && self.inner.config.replica_acks.is_none();
         let mut attempt = 0u32;
         let mut wrong_user_guesses = 0;
         while attempt < self.inner.config.max_save_attempts {
@@ -649,6 +653,7 @@ impl SessionStore for RedisStore {
                 user_arg(new_user.as_deref()).into(),
                 if stored_user.is_none() { "1" } else { "0" }.into(),
                 self.now_ms().to_string().into(),
+                if tracked { "1" } else { "0" }.into(),
             ];
             for k in &keys {
                 inv.key(k);
@@ -656,7 +661,10 @@ impl SessionStore for RedisStore {
             for a in &args {
                 inv.arg(a);
             }
-            let reply = match self.save_through_cache(&rkey, &keys, &args, &uncache).await {
+            let reply = match self
+                .save_through_cache(&rkey, &keys, &args, &record, &uncache)
+                .await
+            {
                 Some(reply) => reply?,
                 None => {
                     uncache.rearm();
@@ -768,14 +776,15 @@ fn user_suffix(user: &str) -> String {
 
 impl RedisStore {
     /// With the read cache on (and no replica acknowledgements to wait for, which must be asked on
-    /// the connection that wrote): the save script and a re-read in one round trip on the tracking
-    /// connection, caching what was read, so the next load of this session is a hit. `None`: save
-    /// through the main connection.
+    /// the connection that wrote): the save script on the tracking connection, which tracks the key
+    /// again after writing, and on success the record just written goes into the cache, so the next
+    /// load of this session is a hit. One round trip. `None`: save through the main connection.
     async fn save_through_cache(
         &self,
         rkey: &str,
         keys: &[String],
         args: &[Vec<u8>],
+        record: &Record,
         uncache: &cache::Uncache<'_>,
     ) -> Option<Result<SaveReply, StoreError>> {
         let cache = self.inner.cache.as_ref()?;
@@ -783,17 +792,22 @@ impl RedisStore {
             return None;
         }
         let (ticket, answer) = cache
-            .save_and_reread(&scripts().save, keys, args, rkey)
+            .save_tracked(&scripts().save, keys, args, rkey)
             .await?;
-        let (reply, current) = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                cache.finish(ticket, None);
-                return Some(Err(e));
+        let reply = answer.and_then(|v| {
+            redis::FromRedisValue::from_redis_value(v)
+                .map_err(|e| backend(format!("unexpected answer from the save script: {e}")))
+        });
+        match &reply {
+            Ok(SaveReply::Saved) => {
+                // Stored exactly as sent (`args[1]`), and tracked again by the script: unless an
+                // invalidation arrived meanwhile (the ticket says), this is what Redis holds.
+                let saved = Loaded {
+                    record: record.clone(),
+                    version: version_of(&args[1]),
+                };
+                cache.finish(ticket, Some(&saved));
             }
-        };
-        match self.decode_load(rkey, Ok(current)) {
-            Ok(Some(loaded)) => cache.finish(ticket, Some(&loaded)),
             _ => {
                 cache.finish(ticket, None);
                 cache.invalidate(rkey);
@@ -801,10 +815,7 @@ impl RedisStore {
         }
         // The cache holds what Redis holds now (or nothing): the guard has nothing left to drop.
         uncache.disarm();
-        Some(
-            redis::FromRedisValue::from_redis_value(reply)
-                .map_err(|e| backend(format!("unexpected answer from the save script: {e}"))),
-        )
+        Some(reply)
     }
 
     /// Turns a `GET` answer into a loaded session: absent, expired, foreign or corrupt values are

@@ -68,7 +68,9 @@ return 1
 /// KEYS: session, index, then the user sets named by ARGV[6] and ARGV[7] (the stored user's, then the
 /// new user's when it differs). ARGV: expected sha1 hex, value, ttl ms, expires (score), member,
 /// stored user as the caller believes it (`''` none, `'=' .. user`), new user (same encoding),
-/// `'1'` to check the stored user (the caller does not know it), now.
+/// `'1'` to check the stored user (the caller does not know it), now, `'1'` to read the session
+/// again after writing it (the read cache's connection: Redis stops tracking a key for every client
+/// when it changes, and a read inside a script tracks it again for the caller).
 ///
 /// Answers `{0}` when the session is gone (or not a string: not ours to overwrite), writing
 /// nothing and never recreating it; `{1}` when the stored value still had the expected digest and
@@ -105,6 +107,7 @@ if newk then
   redis.call('ZADD', newk, ARGV[4], ARGV[5])
   bound_user_set(newk, ARGV[9])
 end
+if ARGV[10] == '1' then redis.call('GET', KEYS[1]) end
 return {1}
 ";
 
