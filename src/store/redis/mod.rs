@@ -157,7 +157,14 @@ impl redis::FromRedisValue for SaveReply {
 
 /// The version of a stored value: the lower-case hex SHA-1 of its bytes (Lua's `redis.sha1hex`).
 pub fn version_of(bytes: &[u8]) -> Version {
-    Version::new(sha1_smol::Sha1::from(bytes).digest().to_string())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = sha1_smol::Sha1::from(bytes).digest().bytes();
+    let mut hex = String::with_capacity(40);
+    for b in digest {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    Version::new(hex)
 }
 
 impl RedisStore {
@@ -382,8 +389,8 @@ impl RedisStore {
                 Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
                 Op::Script(inv) => inv.invoke_async(&mut conn).await,
                 Op::Pipe(pipe) => pipe.query_async(&mut conn).await,
-                Op::OnNode(addr, cmd) => conn
-                    .on_node(addr, cmd)
+                // Boxed: admin-only, and the cluster's routing future is large.
+                Op::OnNode(addr, cmd) => Box::pin(conn.on_node(addr, cmd))
                     .await
                     .and_then(|v| redis::from_redis_value(v).map_err(Into::into)),
             }
@@ -620,7 +627,8 @@ impl SessionStore for RedisStore {
         .await
         .ok();
         let mut expected = base.clone();
-        let mut record = ours.clone();
+        // Ours until a conflict makes a merged copy.
+        let mut record = std::borrow::Cow::Borrowed(ours);
         // The user the stored value belongs to, when known. Unless this request changed the user,
         // it is the loaded one, which `ours` still carries (and the digest check proves it is still
         // stored). When it changed, the script checks the stored JSON and answers the right one.
@@ -633,7 +641,6 @@ impl SessionStore for RedisStore {
         let mut attempt = 0u32;
         let mut wrong_user_guesses = 0;
         while attempt < self.inner.config.max_save_attempts {
-            let mut inv = scripts().save.prepare_invoke();
             let believed = stored_user.clone().flatten();
             let new_user = record.user.clone();
             let mut keys = vec![rkey.clone(), self.index_key_for(key).to_owned()];
@@ -655,12 +662,6 @@ impl SessionStore for RedisStore {
                 self.now_ms().to_string().into(),
                 if tracked { "1" } else { "0" }.into(),
             ];
-            for k in &keys {
-                inv.key(k);
-            }
-            for a in &args {
-                inv.arg(a);
-            }
             let reply = match self
                 .save_through_cache(&rkey, &keys, &args, &record, &uncache)
                 .await
@@ -668,6 +669,13 @@ impl SessionStore for RedisStore {
                 Some(reply) => reply?,
                 None => {
                     uncache.rearm();
+                    let mut inv = scripts().save.prepare_invoke();
+                    for k in &keys {
+                        inv.key(k);
+                    }
+                    for a in &args {
+                        inv.arg(a);
+                    }
                     self.exec::<SaveReply>(Op::Script(&inv)).await?
                 }
             };
@@ -699,7 +707,7 @@ impl SessionStore for RedisStore {
                     stored_user = Some(merged.user.clone());
                     merged.merge(changes, ours);
                     expected = version_of(&current);
-                    record = merged;
+                    record = std::borrow::Cow::Owned(merged);
                 }
             }
             // Contended: let the other writers through before trying again. A random pause spreads a
