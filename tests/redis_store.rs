@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sessionforge::expiry::{Clock, SystemClock, Timestamp};
 use sessionforge::id::{StoreKey, Token};
 use sessionforge::metrics::{Event, Metrics};
-use sessionforge::store::redis::{ConfigError, RedisConfig, RedisStore};
+use sessionforge::store::redis::{version_of, ConfigError, RedisConfig, RedisStore};
 use sessionforge::store::{
     ChangeSet, Created, ManagedStore, Record, Saved, SessionStore, StoreError, StoreKind, Usage,
 };
@@ -211,14 +211,77 @@ async fn create_on_a_taken_key_answers_exists_and_keeps_the_first_value() {
     assert_eq!(loaded.record.data["who"], "first");
     // The same create again (a retry after a dropped connection lost the first answer) succeeded.
     assert_eq!(store.create(&k, &first).await.unwrap(), Created::Created);
-    // The version is the SHA-1 that Redis's own sha1hex computes over the stored bytes.
+    // A small value is its own version: exactly the stored bytes.
+    let stored = server.cli(&["GET", &store.redis_key(&k)]);
+    assert_eq!(loaded.version.as_str(), stored);
+    // The save script also takes the digest form (Redis's own sha1hex of the stored bytes), as the
+    // store uses for values over 1 KiB: a save against it is not a conflict.
     let lua = server.cli(&[
         "EVAL",
         "return redis.sha1hex(redis.call('GET', KEYS[1]))",
         "1",
         &store.redis_key(&k),
     ]);
-    assert_eq!(loaded.version.as_str(), lua);
+    assert_eq!(lua, version_of(stored.as_bytes()).as_str());
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let mut changes = ChangeSet::default();
+    changes.entries.insert("who".into(), Some(json!("digest")));
+    let mut ours = loaded.record.clone();
+    ours.data.insert("who".into(), json!("digest"));
+    let saved = store
+        .save(&k, &version_of(stored.as_bytes()), &ours, &changes)
+        .await
+        .unwrap();
+    assert_eq!(saved, Saved::Saved);
+    assert_eq!(script_calls(&server), 1, "a conflict would have run the script again");
+    let after = store.load(&k).await.unwrap().unwrap();
+    assert_eq!(after.record.data["who"], "digest");
+    // A large value's version is its digest, and saves against it work the same way.
+    let mut big = after.record.clone();
+    big.data.insert("pad".into(), json!("x".repeat(2000)));
+    let mut pad = ChangeSet::default();
+    pad.entries.insert("pad".into(), big.data.get("pad").cloned());
+    assert_eq!(
+        store.save(&k, &after.version, &big, &pad).await.unwrap(),
+        Saved::Saved
+    );
+    let big_loaded = store.load(&k).await.unwrap().unwrap();
+    assert_eq!(big_loaded.version.as_str().len(), 40);
+    let stored = server.cli(&["GET", &store.redis_key(&k)]);
+    assert_eq!(big_loaded.version, version_of(stored.as_bytes()));
+    let mut changes = ChangeSet::default();
+    changes.entries.insert("who".into(), Some(json!("big")));
+    let mut ours = big_loaded.record.clone();
+    ours.data.insert("who".into(), json!("big"));
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(
+        store
+            .save(&k, &big_loaded.version, &ours, &changes)
+            .await
+            .unwrap(),
+        Saved::Saved
+    );
+    assert_eq!(script_calls(&server), 1, "a conflict would have run the script again");
+}
+
+/// `EVALSHA` calls that ran a script since the last `CONFIG RESETSTAT` on `server` (a `NOSCRIPT`
+/// answer, before the script is loaded, does not count).
+fn script_calls(server: &RedisServer) -> u64 {
+    let info = server.cli(&["INFO", "commandstats"]);
+    let Some(fields) = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cmdstat_evalsha:"))
+    else {
+        return 0;
+    };
+    let field = |name: &str| -> u64 {
+        fields
+            .split(',')
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    field("calls=") - field("failed_calls=") - field("rejected_calls=")
 }
 
 #[tokio::test]

@@ -13,9 +13,10 @@
 //!
 //! # Saving
 //!
-//! [`SessionStore::load`] answers the record with its version: the SHA-1 of the stored bytes, exactly
-//! what Lua's `redis.sha1hex` computes. A save is one `EVALSHA` on the uncontended path: the script
-//! writes the new value if the stored digest is still the loaded one, answers "gone" (writing nothing)
+//! [`SessionStore::load`] answers the record with its version: the stored bytes themselves for a value
+//! up to 1 KiB, the SHA-1 of them (exactly what Lua's `redis.sha1hex` computes) for a larger one. A save
+//! is one `EVALSHA` on the uncontended path: the script writes the new value if the stored value is
+//! still the loaded one (compared byte for byte, or by digest), answers "gone" (writing nothing)
 //! if the session was deleted meanwhile, and otherwise hands back the current value, which the store
 //! merges with the request's change-set ([`Record::merge`]) and tries again (bounded).
 //!
@@ -155,7 +156,25 @@ impl redis::FromRedisValue for SaveReply {
     }
 }
 
-/// The version of a stored value: the lower-case hex SHA-1 of its bytes (Lua's `redis.sha1hex`).
+/// Stored values up to this many bytes are their own version: the save script compares them byte for
+/// byte (Lua strings are interned, so that is a pointer comparison), which spares hashing the value on
+/// both ends; larger values are versioned by their digest so a save does not send them twice.
+const RAW_VERSION_MAX: usize = 1024;
+
+/// The version the store hands out for a stored value: the value itself when it is small, its
+/// [`version_of`] digest otherwise. The save script accepts either form.
+fn version_for(bytes: &[u8]) -> Version {
+    if bytes.len() <= RAW_VERSION_MAX {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            return Version::new(text);
+        }
+    }
+    version_of(bytes)
+}
+
+/// The digest version of a stored value: the lower-case hex SHA-1 of its bytes (Lua's
+/// `redis.sha1hex`). The save script accepts it for any value (the store itself uses it for values
+/// over 1 KiB, and the value itself below).
 pub fn version_of(bytes: &[u8]) -> Version {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = sha1_smol::Sha1::from(bytes).digest().bytes();
@@ -706,7 +725,7 @@ impl SessionStore for RedisStore {
                     // The value we now expect is `current`, whose user is exactly known.
                     stored_user = Some(merged.user.clone());
                     merged.merge(changes, ours);
-                    expected = version_of(&current);
+                    expected = version_for(&current);
                     record = std::borrow::Cow::Owned(merged);
                 }
             }
@@ -812,7 +831,7 @@ impl RedisStore {
                 // invalidation arrived meanwhile (the ticket says), this is what Redis holds.
                 let saved = Loaded {
                     record: record.clone(),
-                    version: version_of(&args[1]),
+                    version: version_for(&args[1]),
                 };
                 cache.finish(ticket, Some(&saved));
             }
@@ -850,7 +869,7 @@ impl RedisStore {
             Ok(record) if record.is_expired(self.inner.config.clock.now()) => Ok(None),
             Ok(record) => Ok(Some(Loaded {
                 record,
-                version: version_of(&raw),
+                version: version_for(&raw),
             })),
             Err(e) => {
                 self.warn_corrupt(rkey, &e);
@@ -1364,6 +1383,15 @@ impl ManagedStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_values_are_their_own_version_and_large_ones_their_digest() {
+        let small = br#"{"data":{"n":1}}"#;
+        assert_eq!(version_for(small).as_str(), r#"{"data":{"n":1}}"#);
+        let large = vec![b'x'; RAW_VERSION_MAX + 1];
+        assert_eq!(version_for(&large), version_of(&large));
+        assert_eq!(version_for(&large).as_str().len(), 40);
+    }
 
     #[test]
     fn version_is_the_lowercase_hex_sha1_redis_computes() {

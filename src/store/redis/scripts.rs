@@ -63,17 +63,18 @@ end
 return 1
 ";
 
-/// Compare-and-set by digest, moving the session between user sets when its user changes.
+/// Compare-and-set (by the value itself or its digest), moving the session between user sets when
+/// its user changes.
 ///
 /// KEYS: session, index, then the user sets named by ARGV[6] and ARGV[7] (the stored user's, then the
-/// new user's when it differs). ARGV: expected sha1 hex, value, ttl ms, expires (score), member,
+/// new user's when it differs). ARGV: the expected value (the value itself, or its sha1 hex), value, ttl ms, expires (score), member,
 /// stored user as the caller believes it (`''` none, `'=' .. user`), new user (same encoding),
 /// `'1'` to check the stored user (the caller does not know it), now, `'1'` to read the session
 /// again after writing it (the read cache's connection: Redis stops tracking a key for every client
 /// when it changes, and a read inside a script tracks it again for the caller).
 ///
 /// Answers `{0}` when the session is gone (or not a string: not ours to overwrite), writing
-/// nothing and never recreating it; `{1}` when the stored value still had the expected digest and
+/// nothing and never recreating it; `{1}` when the stored value still was the expected one and
 /// the new value is written (TTL refreshed); `{2, current}` otherwise, for the caller to merge;
 /// `{3, stored user}` when asked to check the stored user and it is not the one the caller named
 /// (nothing written: the caller names the right set and tries again).
@@ -90,7 +91,7 @@ if (type(cur) == 'table' and cur.err) or not cur then
   if oldk then redis.call('ZREM', oldk, ARGV[5]) end
   return {0}
 end
-if redis.sha1hex(cur) ~= ARGV[1] then
+if cur ~= ARGV[1] and redis.sha1hex(cur) ~= ARGV[1] then
   return {2, cur}
 end
 if ARGV[8] == '1' then
