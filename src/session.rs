@@ -582,6 +582,7 @@ impl Session {
         } else {
             record.last_access = now;
         }
+        changes.expiry_kept = !touch;
         check_size(record, config.max_size)?;
         match store.save(&key, &version, record, changes).await? {
             Saved::Saved => {

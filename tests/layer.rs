@@ -233,7 +233,11 @@ async fn a_write_inside_the_touch_window_keeps_the_expiry_and_sends_no_cookie() 
     let second = store.load(&key).await.unwrap().unwrap().record;
     assert_eq!(second.data["n"], 2);
     assert_eq!(second.expires, first.expires);
-    assert_eq!(second.last_access, clock.now(), "last access still follows writes");
+    assert_eq!(
+        second.last_access,
+        clock.now(),
+        "last access still follows writes"
+    );
     // Once the expiry can move by the window, a write moves it and sends the cookie again.
     clock.advance(Duration::from_secs(2));
     let r = b.post("/incr", "").await;

@@ -233,14 +233,19 @@ async fn create_on_a_taken_key_answers_exists_and_keeps_the_first_value() {
         .await
         .unwrap();
     assert_eq!(saved, Saved::Saved);
-    assert_eq!(script_calls(&server), 1, "a conflict would have run the script again");
+    assert_eq!(
+        script_calls(&server),
+        1,
+        "a conflict would have run the script again"
+    );
     let after = store.load(&k).await.unwrap().unwrap();
     assert_eq!(after.record.data["who"], "digest");
     // A large value's version is its digest, and saves against it work the same way.
     let mut big = after.record.clone();
     big.data.insert("pad".into(), json!("x".repeat(2000)));
     let mut pad = ChangeSet::default();
-    pad.entries.insert("pad".into(), big.data.get("pad").cloned());
+    pad.entries
+        .insert("pad".into(), big.data.get("pad").cloned());
     assert_eq!(
         store.save(&k, &after.version, &big, &pad).await.unwrap(),
         Saved::Saved
@@ -261,7 +266,11 @@ async fn create_on_a_taken_key_answers_exists_and_keeps_the_first_value() {
             .unwrap(),
         Saved::Saved
     );
-    assert_eq!(script_calls(&server), 1, "a conflict would have run the script again");
+    assert_eq!(
+        script_calls(&server),
+        1,
+        "a conflict would have run the script again"
+    );
 }
 
 /// `EVALSHA` calls that ran a script since the last `CONFIG RESETSTAT` on `server` (a `NOSCRIPT`
@@ -604,6 +613,92 @@ async fn corrupt_values_give_a_fresh_session_and_cleanup_removes_them() {
     assert_eq!(server.cli(&["EXISTS", &store.redis_key(&hash_key)]), "0");
     assert_eq!(server.cli(&["GET", &format!("{PREFIX}foreign")]), "hello");
     assert_eq!(server.cli(&["EXISTS", &redis_key_of(&fresh)]), "1");
+}
+
+#[tokio::test]
+async fn a_save_that_keeps_the_expiry_leaves_the_index_and_the_user_set_alone() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let k = key();
+    let mut rec = record(Duration::from_secs(600), json!({"n": 1}));
+    rec.user = Some("alice".into());
+    store.create(&k, &rec).await.unwrap();
+    let score = |set: &str| server.cli(&["ZSCORE", set, k.as_str()]);
+    let user_set = store.user_key("alice");
+    let expires = rec.expires.as_millis().to_string();
+    assert_eq!(score(store.index_key()), expires);
+    assert_eq!(score(&user_set), expires);
+
+    // A data change under the same expiry: the value is written, the sets are not touched.
+    let loaded = store.load(&k).await.unwrap().unwrap();
+    let mut changes = ChangeSet::default();
+    changes.entries.insert("n".into(), Some(json!(2)));
+    changes.expiry_kept = true;
+    let mut ours = loaded.record.clone();
+    ours.data.insert("n".into(), json!(2));
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(
+        store
+            .save(&k, &loaded.version, &ours, &changes)
+            .await
+            .unwrap(),
+        Saved::Saved
+    );
+    let stats = server.cli(&["INFO", "commandstats"]);
+    assert!(!stats.contains("cmdstat_zadd"), "{stats}");
+    assert_eq!(store.load(&k).await.unwrap().unwrap().record.data["n"], 2);
+
+    // A refresh moves the expiry: both sets follow.
+    let loaded = store.load(&k).await.unwrap().unwrap();
+    let mut ours = loaded.record.clone();
+    ours.expires = ours.expires.plus(Duration::from_secs(60));
+    let mut changes = ChangeSet::default();
+    changes.entries.insert("n".into(), Some(json!(3)));
+    ours.data.insert("n".into(), json!(3));
+    assert_eq!(
+        store
+            .save(&k, &loaded.version, &ours, &changes)
+            .await
+            .unwrap(),
+        Saved::Saved
+    );
+    let moved = ours.expires.as_millis().to_string();
+    assert_eq!(score(store.index_key()), moved);
+    assert_eq!(score(&user_set), moved);
+}
+
+#[tokio::test]
+async fn a_page_after_a_vanished_cursor_among_tied_expiries_neither_repeats_nor_skips() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    // Twelve sessions with one expiry: the index orders them by member alone.
+    let expires = SystemClock.now().plus(Duration::from_secs(600));
+    for _ in 0..12 {
+        let mut rec = record(Duration::from_secs(600), json!({"n": 1}));
+        rec.expires = expires;
+        store.create(&key(), &rec).await.unwrap();
+    }
+    let first = store.list(None, 5).await.unwrap();
+    assert_eq!(first.sessions.len(), 5);
+    let cursor = first.next_cursor.clone().expect("more pages");
+    // The cursor's session vanishes with its index entry before the next page is asked for.
+    let last = first.sessions.last().unwrap().id.clone();
+    server.cli(&["DEL", &store.redis_key(&last)]);
+    server.cli(&["ZREM", store.index_key(), last.as_str()]);
+    let mut seen: Vec<StoreKey> = first.sessions.iter().map(|s| s.id.clone()).collect();
+    let mut cursor = Some(cursor);
+    while let Some(c) = cursor {
+        let page = store.list(Some(&c), 5).await.unwrap();
+        seen.extend(page.sessions.iter().map(|s| s.id.clone()));
+        cursor = page.next_cursor;
+    }
+    let unique: HashSet<&StoreKey> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an entry was listed twice");
+    assert_eq!(
+        seen.len(),
+        12,
+        "every session once, the vanished one on the first page only"
+    );
 }
 
 #[tokio::test]

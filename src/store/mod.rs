@@ -139,6 +139,10 @@ pub struct ChangeSet {
     /// Integer keys increased (or decreased) by an amount: applied to the value the store holds when
     /// it saves, so concurrent increments all count. Never holds a key that `entries` also holds.
     pub increments: BTreeMap<String, i64>,
+    /// The record is saved with the expiry it was loaded with (no refresh was due, see
+    /// [`Expiry::refresh_due`](crate::expiry::Expiry::refresh_due)): a store may leave what it keeps
+    /// by expiry (an index scored by it) as it is. `false` (the default) when it may have moved.
+    pub expiry_kept: bool,
 }
 
 impl ChangeSet {

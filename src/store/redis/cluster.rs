@@ -13,41 +13,8 @@
 use super::topology::ClusterNode;
 use super::{backend, parse_info, Op, RedisStore};
 use crate::store::{NodeHealth, RedisInfo, StoreError, StoreHealth, StoreKind, Usage};
-use redis::Script;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// One page of one index, strictly after (score, member) in (score, byte order of member).
-///
-/// KEYS: index. ARGV: now, count, cursor score ('' for the first page), cursor member.
-/// Answers `member, score, ...`. The members that share the cursor's score are few (the same expiry
-/// millisecond); they are compared byte by byte, as Redis orders them (Lua's `<` would use the
-/// server's locale).
-const PAGE_AFTER: &str = r"
-local start = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
-if ARGV[3] ~= '' then
-  local function le(a, b)
-    local n = math.min(#a, #b)
-    for i = 1, n do
-      local x, y = string.byte(a, i), string.byte(b, i)
-      if x ~= y then return x < y end
-    end
-    return #a <= #b
-  end
-  local from = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[3])
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], ARGV[3])) do
-    if le(m, ARGV[4]) then from = from + 1 else break end
-  end
-  if from > start then start = from end
-end
-return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1, 'WITHSCORES')
-";
-
-fn page_after() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(PAGE_AFTER))
-}
 
 impl RedisStore {
     /// Runs `make(index)` on every shard index concurrently; answers the results in shard order.
@@ -151,7 +118,7 @@ impl RedisStore {
             let store = self.clone();
             let (index, score, member) = (index.clone(), score.to_owned(), member.to_owned());
             tasks.spawn(async move {
-                let mut inv = page_after().prepare_invoke();
+                let mut inv = super::scripts::scripts().page.prepare_invoke();
                 inv.key(&index).arg(now).arg(want).arg(&score).arg(&member);
                 store.exec::<Vec<String>>(Op::Script(&inv)).await
             });

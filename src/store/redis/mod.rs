@@ -657,6 +657,8 @@ impl SessionStore for RedisStore {
         };
         // Saves go through the read cache's tracking connection, whose script reads the key again.
         let tracked = self.inner.cache.is_some() && self.inner.config.replica_acks.is_none();
+        // Whether the record keeps the expiry (index score) the stored value has.
+        let mut kept = changes.expiry_kept;
         let mut attempt = 0u32;
         let mut wrong_user_guesses = 0;
         while attempt < self.inner.config.max_save_attempts {
@@ -680,6 +682,7 @@ impl SessionStore for RedisStore {
                 if stored_user.is_none() { "1" } else { "0" }.into(),
                 self.now_ms().to_string().into(),
                 if tracked { "1" } else { "0" }.into(),
+                if kept { "1" } else { "0" }.into(),
             ];
             let reply = match self
                 .save_through_cache(&rkey, &keys, &args, &record, &uncache)
@@ -724,7 +727,9 @@ impl SessionStore for RedisStore {
                     };
                     // The value we now expect is `current`, whose user is exactly known.
                     stored_user = Some(merged.user.clone());
+                    let stored_expires = merged.expires;
                     merged.merge(changes, ours);
+                    kept = merged.expires == stored_expires;
                     expected = version_for(&current);
                     record = std::borrow::Cow::Owned(merged);
                 }

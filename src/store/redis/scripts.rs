@@ -71,7 +71,9 @@ return 1
 /// stored user as the caller believes it (`''` none, `'=' .. user`), new user (same encoding),
 /// `'1'` to check the stored user (the caller does not know it), now, `'1'` to read the session
 /// again after writing it (the read cache's connection: Redis stops tracking a key for every client
-/// when it changes, and a read inside a script tracks it again for the caller).
+/// when it changes, and a read inside a script tracks it again for the caller), `'1'` when the
+/// expiry (the score) is the one the stored value has, so the index and an unchanged user's set
+/// already hold it and are left alone.
 ///
 /// Answers `{0}` when the session is gone (or not a string: not ours to overwrite), writing
 /// nothing and never recreating it; `{1}` when the stored value still was the expected one and
@@ -99,12 +101,13 @@ if ARGV[8] == '1' then
   if su ~= ARGV[6] then return {3, su} end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+local kept = ARGV[11] == '1'
+if not kept then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5]) end
 if oldk and oldk ~= newk then
   redis.call('ZREM', oldk, ARGV[5])
   bound_user_set(oldk, ARGV[9])
 end
-if newk then
+if newk and (newk ~= oldk or not kept) then
   redis.call('ZADD', newk, ARGV[4], ARGV[5])
   bound_user_set(newk, ARGV[9])
 end
@@ -158,20 +161,35 @@ end
 return n
 ";
 
-/// One page of the index, ordered by (expiry, member), live entries only.
+/// One page of an index (the index, or a cluster shard's), ordered by (expiry, member), live entries
+/// only, strictly after the cursor (score, member).
 ///
 /// KEYS: index. ARGV: now, count, cursor score ('' for the first page), cursor member.
-/// Answers `member, score, member, score, ...`. A cursor whose member moved or vanished restarts
-/// at its score, so a page may repeat an entry but never skips one that lived throughout.
+/// Answers `member, score, member, score, ...`. When the cursor's member is still there with its
+/// score, the page starts right after its rank. Otherwise (it moved or vanished: a listing drops the
+/// index entries of vanished sessions, and the cursor may be one) it starts after the entries scored
+/// below the cursor and the ones tied with it whose member sorts up to the cursor's, compared byte by
+/// byte as Redis orders ties (Lua's `<` would follow the server's locale). Ties are few (the same
+/// expiry millisecond). So pages neither repeat nor skip an entry that lived throughout.
 const PAGE: &str = r"
 local start = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
 if ARGV[3] ~= '' then
-  local s = redis.call('ZSCORE', KEYS[1], ARGV[4])
   local from
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[4])
   if s and tonumber(s) == tonumber(ARGV[3]) then
     from = redis.call('ZRANK', KEYS[1], ARGV[4]) + 1
   else
+    local function le(a, b)
+      for i = 1, math.min(#a, #b) do
+        local x, y = string.byte(a, i), string.byte(b, i)
+        if x ~= y then return x < y end
+      end
+      return #a <= #b
+    end
     from = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[3])
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], ARGV[3])) do
+      if le(m, ARGV[4]) then from = from + 1 else break end
+    end
   end
   if from > start then start = from end
 end
