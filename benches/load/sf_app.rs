@@ -151,7 +151,7 @@ impl Server {
             .name("sut-main".into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
+                    .worker_threads(super::driver::env_or("LOAD_SERVER_WORKERS", 2))
                     .thread_name("sut-worker")
                     .enable_all()
                     .build()

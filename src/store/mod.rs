@@ -691,19 +691,47 @@ pub(crate) trait DynStore: Send + Sync + 'static {
 
 pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Times a store call and counts its failure, for `/metrics`.
-async fn instrumented<T>(
-    op: crate::metrics::Op,
-    fut: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    let start = std::time::Instant::now();
-    let res = fut.await;
-    let m = crate::metrics::Metrics::global();
-    m.observe_store_call(op, start.elapsed());
-    if res.is_err() {
-        m.count(crate::metrics::Event::StoreError);
+pin_project_lite::pin_project! {
+    /// A store call, timed and its failure counted for `/metrics`. A plain future around the call
+    /// (an `async fn` would hold the call's future twice, as its argument and as what it awaits,
+    /// doubling the box every call is put in).
+    struct Instrumented<F> {
+        #[pin]
+        fut: F,
+        op: crate::metrics::Op,
+        start: Option<std::time::Instant>,
     }
-    res
+}
+
+impl<F, T> Future for Instrumented<F>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    type Output = Result<T, StoreError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let start = *this.start.get_or_insert_with(std::time::Instant::now);
+        let res = std::task::ready!(this.fut.poll(cx));
+        let m = crate::metrics::Metrics::global();
+        m.observe_store_call(*this.op, start.elapsed());
+        if res.is_err() {
+            m.count(crate::metrics::Event::StoreError);
+        }
+        std::task::Poll::Ready(res)
+    }
+}
+
+/// Times a store call and counts its failure, for `/metrics` (from its first poll).
+fn instrumented<F>(op: crate::metrics::Op, fut: F) -> Instrumented<F> {
+    Instrumented {
+        fut,
+        op,
+        start: None,
+    }
 }
 
 impl<S: SessionStore> DynStore for S {

@@ -418,14 +418,21 @@ impl ReadCache {
     pub(super) async fn save_tracked(
         self: &Arc<Self>,
         script: &redis::Script,
-        keys: &[String],
-        args: &[Vec<u8>],
+        keys: &[&str],
+        args: &[super::SaveArg<'_>],
         key: &str,
     ) -> Option<(Ticket, Result<redis::Value, StoreError>)> {
         let (generation, mut conn) = self.conn().await?;
         let ticket = self.begin(key);
-        let mut evalsha = redis::cmd("EVALSHA");
-        evalsha.arg(script.get_hash()).arg(keys.len());
+        // Sized up front: the arguments are known, so the command is built without regrowing.
+        let size = 64
+            + keys.iter().map(|k| k.len()).sum::<usize>()
+            + args.iter().map(super::SaveArg::len).sum::<usize>();
+        let mut evalsha = redis::Cmd::with_capacity(3 + keys.len() + args.len(), size);
+        evalsha
+            .arg("EVALSHA")
+            .arg(script.get_hash())
+            .arg(keys.len());
         for k in keys {
             evalsha.arg(k);
         }

@@ -124,6 +124,37 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// One argument of the save script, borrowed where it can be (the command copies it anyway).
+pub(super) enum SaveArg<'a> {
+    Bytes(std::borrow::Cow<'a, [u8]>),
+    Num(u64),
+}
+
+impl<'a> From<&'a str> for SaveArg<'a> {
+    fn from(s: &'a str) -> Self {
+        SaveArg::Bytes(std::borrow::Cow::Borrowed(s.as_bytes()))
+    }
+}
+
+impl SaveArg<'_> {
+    /// An upper bound of its length in a command.
+    pub(super) fn len(&self) -> usize {
+        match self {
+            SaveArg::Bytes(b) => b.len(),
+            SaveArg::Num(_) => 20,
+        }
+    }
+}
+
+impl redis::ToRedisArgs for SaveArg<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        match self {
+            SaveArg::Bytes(b) => out.write_arg(b),
+            SaveArg::Num(n) => n.write_redis_args(out),
+        }
+    }
+}
+
 /// What a save script answered.
 enum SaveReply {
     Gone,
@@ -664,28 +695,32 @@ impl SessionStore for RedisStore {
         while attempt < self.inner.config.max_save_attempts {
             let believed = stored_user.clone().flatten();
             let new_user = record.user.clone();
-            let mut keys = vec![rkey.clone(), self.index_key_for(key).to_owned()];
-            if let Some(u) = &believed {
-                keys.push(self.user_key_for(u, key));
-            }
-            if let Some(u) = new_user.as_ref().filter(|u| Some(*u) != believed.as_ref()) {
-                keys.push(self.user_key_for(u, key));
-            }
-            let args: Vec<Vec<u8>> = vec![
-                expected.as_str().into(),
-                record.to_json(),
-                self.ttl_ms(&record).to_string().into(),
-                record.expires.as_millis().to_string().into(),
-                key.as_str().into(),
-                user_arg(believed.as_deref()).into(),
-                user_arg(new_user.as_deref()).into(),
-                if stored_user.is_none() { "1" } else { "0" }.into(),
-                self.now_ms().to_string().into(),
-                if tracked { "1" } else { "0" }.into(),
-                if kept { "1" } else { "0" }.into(),
+            let believed_set = believed.as_ref().map(|u| self.user_key_for(u, key));
+            let new_set = new_user
+                .as_ref()
+                .filter(|u| Some(*u) != believed.as_ref())
+                .map(|u| self.user_key_for(u, key));
+            let mut keys: Vec<&str> = Vec::with_capacity(4);
+            keys.extend([rkey.as_str(), self.index_key_for(key)]);
+            keys.extend(believed_set.as_deref());
+            keys.extend(new_set.as_deref());
+            let json = record.to_json();
+            let flag = |on: bool| SaveArg::from(if on { "1" } else { "0" });
+            let args = [
+                SaveArg::from(expected.as_str()),
+                SaveArg::Bytes(std::borrow::Cow::Borrowed(&json)),
+                SaveArg::Num(self.ttl_ms(&record)),
+                SaveArg::Num(record.expires.as_millis()),
+                SaveArg::from(key.as_str()),
+                SaveArg::Bytes(user_arg(believed.as_deref()).into_bytes().into()),
+                SaveArg::Bytes(user_arg(new_user.as_deref()).into_bytes().into()),
+                flag(stored_user.is_none()),
+                SaveArg::Num(self.now_ms()),
+                flag(tracked),
+                flag(kept),
             ];
             let reply = match self
-                .save_through_cache(&rkey, &keys, &args, &record, &uncache)
+                .save_through_cache(&rkey, &keys, &args, &json, &record, &uncache)
                 .await
             {
                 Some(reply) => reply?,
@@ -814,8 +849,9 @@ impl RedisStore {
     async fn save_through_cache(
         &self,
         rkey: &str,
-        keys: &[String],
-        args: &[Vec<u8>],
+        keys: &[&str],
+        args: &[SaveArg<'_>],
+        json: &[u8],
         record: &Record,
         uncache: &cache::Uncache<'_>,
     ) -> Option<Result<SaveReply, StoreError>> {
@@ -832,11 +868,11 @@ impl RedisStore {
         });
         match &reply {
             Ok(SaveReply::Saved) => {
-                // Stored exactly as sent (`args[1]`), and tracked again by the script: unless an
-                // invalidation arrived meanwhile (the ticket says), this is what Redis holds.
+                // Stored exactly as sent, and tracked again by the script: unless an invalidation
+                // arrived meanwhile (the ticket says), this is what Redis holds.
                 let saved = Loaded {
                     record: record.clone(),
-                    version: version_for(&args[1]),
+                    version: version_for(json),
                 };
                 cache.finish(ticket, Some(&saved));
             }
