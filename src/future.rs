@@ -73,8 +73,9 @@ where
                 } => {
                     let res = ready!(fut.poll(cx))?;
                     let session = session.take().expect("polled after completion");
-                    if !session.touched() {
-                        // The handler never used the session: nothing to load, save or send.
+                    if !session.touched() || session.nothing_to_commit() {
+                        // The handler never used the session, or only read it: nothing to save or
+                        // send.
                         return Poll::Ready(Ok(res.map(SessionBody::inner)));
                     }
                     // Counted from here, so a drain that starts now waits for this save.

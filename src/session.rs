@@ -495,6 +495,30 @@ impl Session {
         })
     }
 
+    /// Whether [`Session::commit`] would certainly do nothing: the session was not loaded, or it is a
+    /// stored session the request only read, with no expiry refresh due. Lets the layer answer a
+    /// read-only request without setting up a save. `false` when unsure (the state is locked).
+    pub(crate) fn nothing_to_commit(&self) -> bool {
+        let Ok(st) = self.inner.state.try_lock() else {
+            return false;
+        };
+        if !st.loaded {
+            return true;
+        }
+        let config = &self.inner.config;
+        match (&st.stored, &st.record) {
+            (Some(_), Some(record)) if st.retire.is_none() && !st.renew => {
+                st.changes.is_empty()
+                    && !config.expiry.refresh_due(
+                        record.expires,
+                        record.deadline,
+                        config.clock.now(),
+                    )
+            }
+            _ => false,
+        }
+    }
+
     /// Saves what the request changed. Called by the layer once the response is ready.
     pub(crate) async fn commit(&self) -> Result<Outcome, SessionError> {
         let mut st = self.inner.state.lock().await;
