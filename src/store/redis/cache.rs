@@ -358,7 +358,8 @@ impl ReadCache {
     async fn open(self: &Arc<Self>) -> Result<MultiplexedConnection, redis::RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout))
+            // Every call on this connection is bounded by the store's own timeout.
+            .set_response_timeout(None)
             .set_push_sender(Invalidator(Arc::downgrade(self)));
         let mut conn = self
             .client

@@ -521,17 +521,18 @@ impl RedisStore {
 
     /// The TTL for a record: the time left until it expires, at least 1 ms (Redis refuses `PX 0`).
     fn ttl_ms(&self, record: &Record) -> u64 {
-        let now = self.inner.config.clock.now();
-        record
-            .expires
-            .as_millis()
-            .saturating_sub(now.as_millis())
-            .max(1)
+        ttl_ms_at(record, self.now_ms())
     }
 
     fn now_ms(&self) -> u64 {
         self.inner.config.clock.now().as_millis()
     }
+}
+
+/// The TTL for a record at `now_ms`: the time left until it expires, at least 1 ms (Redis refuses
+/// `PX 0`).
+fn ttl_ms_at(record: &Record, now_ms: u64) -> u64 {
+    record.expires.as_millis().saturating_sub(now_ms).max(1)
 }
 
 /// Whether an error says the connection itself may be broken (as opposed to Redis answering our
@@ -669,13 +670,15 @@ impl SessionStore for RedisStore {
             (h.finish() % SAVE_LOCK_STRIPES as u64) as usize
         };
         // Bounded wait: if the holder is stuck on a frozen Redis, go ahead optimistically rather
-        // than queueing behind it (the script keeps the save correct either way).
-        let _turn = tokio::time::timeout(
-            self.inner.config.command_timeout,
-            self.inner.save_locks[stripe].lock(),
-        )
-        .await
-        .ok();
+        // than queueing behind it (the script keeps the save correct either way). Uncontended (the
+        // usual case) it is taken at once, with no timer.
+        let lock = &self.inner.save_locks[stripe];
+        let _turn = match lock.try_lock() {
+            Ok(turn) => Some(turn),
+            Err(_) => tokio::time::timeout(self.inner.config.command_timeout, lock.lock())
+                .await
+                .ok(),
+        };
         let mut expected = base.clone();
         // Ours until a conflict makes a merged copy.
         let mut record = std::borrow::Cow::Borrowed(ours);
@@ -706,16 +709,17 @@ impl SessionStore for RedisStore {
             keys.extend(new_set.as_deref());
             let json = record.to_json();
             let flag = |on: bool| SaveArg::from(if on { "1" } else { "0" });
+            let now = self.now_ms();
             let args = [
                 SaveArg::from(expected.as_str()),
                 SaveArg::Bytes(std::borrow::Cow::Borrowed(&json)),
-                SaveArg::Num(self.ttl_ms(&record)),
+                SaveArg::Num(ttl_ms_at(&record, now)),
                 SaveArg::Num(record.expires.as_millis()),
                 SaveArg::from(key.as_str()),
                 SaveArg::Bytes(user_arg(believed.as_deref()).into_bytes().into()),
                 SaveArg::Bytes(user_arg(new_user.as_deref()).into_bytes().into()),
                 flag(stored_user.is_none()),
-                SaveArg::Num(self.now_ms()),
+                SaveArg::Num(now),
                 flag(tracked),
                 flag(kept),
             ];

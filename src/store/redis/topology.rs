@@ -264,7 +264,10 @@ impl Connector {
         let manager_config = || {
             ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout))
-                .set_response_timeout(Some(config.command_timeout))
+                // No response timeout of redis-rs's own: every call the store makes is bounded by
+                // its command timeout already (`RedisStore::exec_once`), and a second timer per
+                // command is pure cost.
+                .set_response_timeout(None)
                 // One attempt per reconnect: our callers have deadlines, and the next call tries
                 // again.
                 .set_number_of_retries(0)
