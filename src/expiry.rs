@@ -177,7 +177,9 @@ impl Expiry {
     /// (and ends for good at `deadline`): when the new expiry would be at least the touch window later.
     /// The same rule for reads and writes, so a busy session's expiry (and with it its cookie) is
     /// rewritten once a window, not on every request. Near the deadline the expiry cannot move, so it
-    /// is never due.
+    /// is never due. An expiry later than a refresh would set (the idle timeout was shortened since,
+    /// or the stored value says so) is due at once: a request never leaves a session expiring more
+    /// than the idle timeout after it.
     ///
     /// ```
     /// use sessionforge::expiry::{Expiry, Timestamp};
@@ -191,8 +193,8 @@ impl Expiry {
     pub fn refresh_due(&self, expires: Timestamp, deadline: Timestamp, now: Timestamp) -> bool {
         let target = now.plus(self.idle).min(deadline);
         self.touch_after_permille == 0
-            || (target.as_millis() > expires.as_millis()
-                && target.as_millis() - expires.as_millis() >= self.touch_window_ms())
+            || expires.as_millis() > target.as_millis()
+            || target.as_millis() - expires.as_millis() >= self.touch_window_ms()
     }
 
     fn touch_window_ms(&self) -> u64 {
@@ -252,6 +254,17 @@ mod tests {
             Timestamp::from_millis(990_000),
             deadline,
             Timestamp::from_millis(995_000)
+        ));
+        // An expiry further out than a refresh would set is pulled in at once.
+        assert!(e.refresh_due(
+            Timestamp::from_millis(u64::MAX),
+            deadline,
+            Timestamp::from_millis(10_000)
+        ));
+        assert!(e.refresh_due(
+            Timestamp::from_millis(200_000),
+            deadline,
+            Timestamp::from_millis(10_000)
         ));
         // A window of 0 refreshes on every request.
         let every = Expiry {

@@ -532,8 +532,16 @@ impl RedisStore {
 /// The TTL for a record at `now_ms`: the time left until it expires, at least 1 ms (Redis refuses
 /// `PX 0`).
 fn ttl_ms_at(record: &Record, now_ms: u64) -> u64 {
-    record.expires.as_millis().saturating_sub(now_ms).max(1)
+    record
+        .expires
+        .as_millis()
+        .saturating_sub(now_ms)
+        .clamp(1, MAX_TTL_MS)
 }
+
+/// The longest TTL the store sets (a hundred years): Redis refuses an expiry past `i64::MAX`
+/// milliseconds, and a record may say anything (a hostile or corrupt value copied back at failback).
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
 /// Whether an error says the connection itself may be broken (as opposed to Redis answering our
 /// command with an error).
@@ -1428,6 +1436,19 @@ impl ManagedStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ttl_is_at_least_a_millisecond_and_at_most_a_hundred_years() {
+        let at = |expires: u64| {
+            let t0 = crate::expiry::Timestamp::from_millis(0);
+            let mut r = crate::store::test_record(t0, Duration::ZERO);
+            r.expires = crate::expiry::Timestamp::from_millis(expires);
+            ttl_ms_at(&r, 1_000)
+        };
+        assert_eq!(at(500), 1);
+        assert_eq!(at(61_000), 60_000);
+        assert_eq!(at(u64::MAX), MAX_TTL_MS);
+    }
 
     #[test]
     fn small_values_are_their_own_version_and_large_ones_their_digest() {
