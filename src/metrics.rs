@@ -124,6 +124,14 @@ impl Metrics {
         self.counter(e).load(Relaxed)
     }
 
+    /// Calls observed for `op` and their summed time in µs (for tests).
+    #[cfg(test)]
+    pub(crate) fn latency(&self, op: Op) -> (u64, u64) {
+        let i = OPS.iter().position(|(o, _)| *o == op).unwrap_or(0);
+        let h = &self.latency[i];
+        (h.count.load(Relaxed), h.sum_us.load(Relaxed))
+    }
+
     /// Records how long a store call took.
     pub fn observe_store_call(&self, op: Op, took: Duration) {
         let i = OPS.iter().position(|(o, _)| *o == op).unwrap_or(0);
