@@ -243,9 +243,8 @@ impl Session {
             return Err(SessionError::TooLarge { size, limit });
         }
         let mut st = self.state().await?;
-        let now = self.inner.config.clock.now();
         let pending_increment = st.changes.increments.contains_key(key);
-        let record = self.view(&mut st, now);
+        let record = self.view(&mut st);
         if record.data.get(key) == Some(&value) && !pending_increment {
             return Ok(());
         }
@@ -268,8 +267,7 @@ impl Session {
     /// ```
     pub async fn increment(&self, key: &str, by: i64) -> Result<i64, SessionError> {
         let mut st = self.state().await?;
-        let now = self.inner.config.clock.now();
-        let record = self.view(&mut st, now);
+        let record = self.view(&mut st);
         let value = crate::store::add_to(record.data.get(key), by);
         record.data.insert(key.to_owned(), value.into());
         let changes = &mut st.changes;
@@ -350,8 +348,7 @@ impl Session {
     /// [`Session::cycle_id`]), or unties it with `None`.
     pub async fn set_user(&self, user: Option<String>) -> Result<(), SessionError> {
         let mut st = self.state().await?;
-        let now = self.inner.config.clock.now();
-        let record = self.view(&mut st, now);
+        let record = self.view(&mut st);
         if record.user == user {
             return Ok(());
         }
@@ -465,8 +462,7 @@ impl Session {
     /// one for "remember me", a shorter one after a sensitive action). The idle timeout still applies.
     pub async fn set_deadline(&self, deadline: Timestamp) -> Result<(), SessionError> {
         let mut st = self.state().await?;
-        let now = self.inner.config.clock.now();
-        let record = self.view(&mut st, now);
+        let record = self.view(&mut st);
         record.deadline = deadline;
         st.changes.deadline = Some(deadline);
         Ok(())
@@ -477,21 +473,25 @@ impl Session {
         Ok(st.record.as_ref().map(f))
     }
 
-    /// The local view, created empty if the session does not exist yet.
-    fn view<'a>(&self, st: &'a mut State, now: Timestamp) -> &'a mut Record {
-        let expiry = &self.inner.config.expiry;
+    /// The local view, created empty (now) if the session does not exist yet.
+    fn view<'a>(&self, st: &'a mut State) -> &'a mut Record {
+        let config = &self.inner.config;
+        let expiry = &config.expiry;
         let ua = &self.inner.user_agent;
-        st.record.get_or_insert_with(|| Record {
-            created_at: now,
-            last_access: now,
-            expires: expiry.expires_at(now, now),
-            deadline: expiry.deadline(now),
-            user_agent: ua
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
-            user: None,
-            data: Default::default(),
+        st.record.get_or_insert_with(|| {
+            let now = config.clock.now();
+            Record {
+                created_at: now,
+                last_access: now,
+                expires: expiry.expires_at(now, now),
+                deadline: expiry.deadline(now),
+                user_agent: ua
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
+                user: None,
+                data: Default::default(),
+            }
         })
     }
 

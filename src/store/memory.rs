@@ -173,7 +173,7 @@ impl SessionStore for MemoryStore {
             map.remove(key);
             return Ok(Saved::Gone);
         }
-        if entry.version.to_string() == base.as_str() {
+        if base.as_str().parse::<u64>() == Ok(entry.version) {
             entry.record = ours.clone();
         } else {
             crate::metrics::Metrics::global().count(crate::metrics::Event::SaveConflict);
