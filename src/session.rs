@@ -544,7 +544,7 @@ impl Session {
             .as_ref()
             .is_none_or(|r| r.data.is_empty() && r.user.is_none());
 
-        let Some((key, version)) = st.stored.clone() else {
+        if st.stored.is_none() {
             // Nothing stored under the client's token: create a session if there is anything to keep.
             if empty {
                 return Ok(if self.inner.presented.is_some() && st.record.is_none() {
@@ -565,24 +565,26 @@ impl Session {
                 expires,
                 fresh: true,
             });
-        };
+        }
 
         let State {
             record,
             changes,
             renew,
+            stored,
             ..
         } = &mut *st;
+        let (key, version) = stored.as_ref().expect("checked above");
         let record = record.as_mut().expect("a stored session has a record");
         if empty && !changes.is_empty() {
             // Everything was removed: an empty session is not kept.
-            store.delete(&key).await?;
+            store.delete(key).await?;
             return Ok(Outcome::Remove);
         }
         if *renew {
             refresh(record, config, now);
             let (token, expires) = self.create(record).await?;
-            store.delete(&key).await?;
+            store.delete(key).await?;
             Metrics::global().count(Event::Renewed);
             tracing::info!(old = %key, new = %token.store_key(), "session id renewed");
             self.enforce_cap(login.as_deref(), &token.store_key()).await;
@@ -608,10 +610,10 @@ impl Session {
         }
         changes.expiry_kept = !touch;
         check_size(record, config.max_size)?;
-        match store.save(&key, &version, record, changes).await? {
+        match store.save(key, version, record, changes).await? {
             Saved::Saved => {
                 Metrics::global().count(Event::Saved);
-                self.enforce_cap(login.as_deref(), &key).await;
+                self.enforce_cap(login.as_deref(), key).await;
                 if !touch {
                     return Ok(Outcome::Nothing);
                 }

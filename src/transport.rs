@@ -118,11 +118,11 @@ impl Signer {
 const HOST_PREFIX: &str = "__Host-";
 
 impl Transport {
-    fn cookie_name(s: &CookieSettings) -> String {
+    fn cookie_name(s: &CookieSettings) -> std::borrow::Cow<'_, str> {
         if s.host_prefix {
-            format!("{HOST_PREFIX}{}", s.name)
+            format!("{HOST_PREFIX}{}", s.name).into()
         } else {
-            s.name.clone()
+            s.name.as_str().into()
         }
     }
 
@@ -201,7 +201,7 @@ impl Transport {
     pub(crate) fn remove(&self, headers: &mut HeaderMap) {
         if let Transport::Cookie(s) = self {
             let name = Self::cookie_name(s);
-            let mut c = Self::base_cookie(s, name, String::new());
+            let mut c = Self::base_cookie(s, name.into_owned(), String::new());
             c.make_removal();
             Self::set_cookie(headers, &c);
         }
@@ -370,7 +370,7 @@ mod tests {
         for s in settings {
             for max_age in [None, Some(0), Some(86_400)] {
                 let name = Transport::cookie_name(&s);
-                let mut c = Transport::base_cookie(&s, name.clone(), "tok".into());
+                let mut c = Transport::base_cookie(&s, name.to_string(), "tok".into());
                 if let Some(secs) = max_age {
                     c.set_max_age(cookie::time::Duration::seconds(secs));
                 }

@@ -6,10 +6,11 @@
 //! as any other client (the main connection of this instance, another instance, `redis-cli`) changes
 //! or deletes one of them, or the key expires. A load of a cached session costs no round trip.
 //!
-//! Saves go through the tracking connection too, as one pipeline: the save script, then `GET` of the
-//! session. `NOLOOP` keeps the script's own write from invalidating this instance; the `GET` reads
-//! what is stored now (this save's value, or a later writer's) and tracks the key again, and its answer
-//! is cached: a request that writes costs one round trip and leaves the next load a hit. Creates,
+//! Saves go through the tracking connection too: the save script, which ends with a `GET` of the
+//! session. `NOLOOP` keeps the script's own write from invalidating this instance; Redis forgets every
+//! client's tracking of a key when it changes, and a read by a script counts as its caller's, so that
+//! `GET` tracks the key again and the record just written can be cached: a request that writes costs
+//! one round trip, reads nothing back, and leaves the next load a hit. Creates,
 //! deletes, revokes and cleanup use the main connection, so their writes are notified like anyone
 //! else's. (With replica acknowledgements configured, saves use the main connection too: `WAIT` must be
 //! asked on the connection that wrote.)
@@ -19,11 +20,11 @@
 //! * **Invalidations are applied in wire order.** They are handled synchronously by the connection's
 //!   reader (an [`AsyncPushSender`]), never queued behind another task, so an invalidation that Redis
 //!   sent after a reply is applied before any later reply on that connection is used.
-//! * **No stale fill.** A load (or a save's re-read) takes a [`Ticket`] before it sends its command;
+//! * **No stale fill.** A load (or a save) takes a [`Ticket`] before it sends its command;
 //!   an invalidation of that key (or a flush) while it is in flight voids the ticket and the answer is
 //!   not cached, so a value read just before another writer changed it cannot outlive the
 //!   invalidation.
-//! * **Own writes.** After this instance creates, deletes or (without the pipeline) saves a session,
+//! * **Own writes.** After this instance creates, deletes or (off the tracking connection) saves a session,
 //!   the store drops the key from the cache itself before answering (a guard, however the call ends),
 //!   so its next request reads the new state even if the invalidation message is still on its way.
 //! * **Lost tracking means an empty cache.** When the tracking connection closes or fails (or Redis
