@@ -206,13 +206,18 @@ impl Expiry {
 mod tests {
     use super::*;
 
+    /// Idle and absolute timeouts in seconds, touching after a quarter of the idle window.
+    fn quarter(idle: u64, absolute: u64) -> Expiry {
+        Expiry {
+            idle: Duration::from_secs(idle),
+            absolute: Duration::from_secs(absolute),
+            touch_after_permille: 250,
+        }
+    }
+
     #[test]
     fn expiry_is_the_earlier_of_idle_and_absolute() {
-        let e = Expiry {
-            idle: Duration::from_secs(60),
-            absolute: Duration::from_secs(100),
-            touch_after_permille: 250,
-        };
+        let e = quarter(60, 100);
         let created = Timestamp::from_millis(0);
         assert_eq!(e.expires_at(created, created).as_millis(), 60_000);
         assert_eq!(
@@ -224,11 +229,7 @@ mod tests {
 
     #[test]
     fn touch_waits_for_the_configured_fraction_of_the_idle_window() {
-        let e = Expiry {
-            idle: Duration::from_secs(100),
-            absolute: Duration::from_secs(1000),
-            touch_after_permille: 250,
-        };
+        let e = quarter(100, 1000);
         let t0 = Timestamp::from_millis(0);
         assert!(!e.needs_touch(t0, Timestamp::from_millis(24_999)));
         assert!(e.needs_touch(t0, Timestamp::from_millis(25_000)));
@@ -236,11 +237,7 @@ mod tests {
 
     #[test]
     fn a_refresh_is_due_when_the_expiry_would_move_by_the_window_and_never_past_the_deadline() {
-        let e = Expiry {
-            idle: Duration::from_secs(100),
-            absolute: Duration::from_secs(1000),
-            touch_after_permille: 250,
-        };
+        let e = quarter(100, 1000);
         let deadline = Timestamp::from_millis(1_000_000);
         // Written at 10 s: expires at 110 s.
         let expires = Timestamp::from_millis(110_000);

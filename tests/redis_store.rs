@@ -18,6 +18,7 @@ use sessionforge::metrics::{Event, Metrics};
 use sessionforge::store::redis::{version_of, ConfigError, RedisConfig, RedisStore};
 use sessionforge::store::{
     ChangeSet, Created, ManagedStore, Record, Saved, SessionStore, StoreError, StoreKind, Usage,
+    Version,
 };
 use sessionforge::{Session, SessionError, SessionLayer};
 use std::collections::HashSet;
@@ -223,54 +224,68 @@ async fn create_on_a_taken_key_answers_exists_and_keeps_the_first_value() {
         &store.redis_key(&k),
     ]);
     assert_eq!(lua, version_of(stored.as_bytes()).as_str());
-    server.cli(&["CONFIG", "RESETSTAT"]);
-    let mut changes = ChangeSet::default();
-    changes.entries.insert("who".into(), Some(json!("digest")));
-    let mut ours = loaded.record.clone();
-    ours.data.insert("who".into(), json!("digest"));
-    let saved = store
-        .save(&k, &version_of(stored.as_bytes()), &ours, &changes)
-        .await
-        .unwrap();
-    assert_eq!(saved, Saved::Saved);
-    assert_eq!(
-        script_calls(&server),
-        1,
-        "a conflict would have run the script again"
-    );
+    let digest = version_of(stored.as_bytes());
+    saves_without_conflict(
+        &server,
+        &store,
+        &k,
+        &digest,
+        &loaded.record,
+        "who",
+        "digest",
+    )
+    .await;
     let after = store.load(&k).await.unwrap().unwrap();
     assert_eq!(after.record.data["who"], "digest");
     // A large value's version is its digest, and saves against it work the same way.
-    let mut big = after.record.clone();
-    big.data.insert("pad".into(), json!("x".repeat(2000)));
-    let mut pad = ChangeSet::default();
-    pad.entries
-        .insert("pad".into(), big.data.get("pad").cloned());
-    assert_eq!(
-        store.save(&k, &after.version, &big, &pad).await.unwrap(),
-        Saved::Saved
-    );
-    let big_loaded = store.load(&k).await.unwrap().unwrap();
-    assert_eq!(big_loaded.version.as_str().len(), 40);
+    let pad = json!("x".repeat(2000));
+    let saved = save_field(&store, &k, &after.version, &after.record, "pad", pad, false).await;
+    assert_eq!(saved, Saved::Saved);
+    let big = store.load(&k).await.unwrap().unwrap();
+    assert_eq!(big.version.as_str().len(), 40);
     let stored = server.cli(&["GET", &store.redis_key(&k)]);
-    assert_eq!(big_loaded.version, version_of(stored.as_bytes()));
-    let mut changes = ChangeSet::default();
-    changes.entries.insert("who".into(), Some(json!("big")));
-    let mut ours = big_loaded.record.clone();
-    ours.data.insert("who".into(), json!("big"));
+    assert_eq!(big.version, version_of(stored.as_bytes()));
+    saves_without_conflict(&server, &store, &k, &big.version, &big.record, "who", "big").await;
+}
+
+/// Saves `field = value` against `version` and checks it was stored by one run of the script (a
+/// conflict would have run it again).
+async fn saves_without_conflict(
+    server: &RedisServer,
+    store: &RedisStore,
+    k: &StoreKey,
+    version: &Version,
+    base: &Record,
+    field: &str,
+    value: &str,
+) {
     server.cli(&["CONFIG", "RESETSTAT"]);
+    let saved = save_field(store, k, version, base, field, json!(value), false).await;
+    assert_eq!(saved, Saved::Saved);
     assert_eq!(
-        store
-            .save(&k, &big_loaded.version, &ours, &changes)
-            .await
-            .unwrap(),
-        Saved::Saved
-    );
-    assert_eq!(
-        script_calls(&server),
+        script_calls(server),
         1,
         "a conflict would have run the script again"
     );
+}
+
+/// Saves `field = value` over `base` as a request that changed only that key would, against
+/// `version`, with `expiry_kept` as given; answers what the store said.
+async fn save_field(
+    store: &RedisStore,
+    k: &StoreKey,
+    version: &Version,
+    base: &Record,
+    field: &str,
+    value: Value,
+    expiry_kept: bool,
+) -> Saved {
+    let mut changes = ChangeSet::default();
+    changes.entries.insert(field.into(), Some(value.clone()));
+    changes.expiry_kept = expiry_kept;
+    let mut ours = base.clone();
+    ours.data.insert(field.into(), value);
+    store.save(k, version, &ours, &changes).await.unwrap()
 }
 
 /// `EVALSHA` calls that ran a script since the last `CONFIG RESETSTAT` on `server` (a `NOSCRIPT`
@@ -631,38 +646,29 @@ async fn a_save_that_keeps_the_expiry_leaves_the_index_and_the_user_set_alone() 
 
     // A data change under the same expiry: the value is written, the sets are not touched.
     let loaded = store.load(&k).await.unwrap().unwrap();
-    let mut changes = ChangeSet::default();
-    changes.entries.insert("n".into(), Some(json!(2)));
-    changes.expiry_kept = true;
-    let mut ours = loaded.record.clone();
-    ours.data.insert("n".into(), json!(2));
     server.cli(&["CONFIG", "RESETSTAT"]);
-    assert_eq!(
-        store
-            .save(&k, &loaded.version, &ours, &changes)
-            .await
-            .unwrap(),
-        Saved::Saved
-    );
+    let saved = save_field(
+        &store,
+        &k,
+        &loaded.version,
+        &loaded.record,
+        "n",
+        json!(2),
+        true,
+    )
+    .await;
+    assert_eq!(saved, Saved::Saved);
     let stats = server.cli(&["INFO", "commandstats"]);
     assert!(!stats.contains("cmdstat_zadd"), "{stats}");
     assert_eq!(store.load(&k).await.unwrap().unwrap().record.data["n"], 2);
 
     // A refresh moves the expiry: both sets follow.
     let loaded = store.load(&k).await.unwrap().unwrap();
-    let mut ours = loaded.record.clone();
-    ours.expires = ours.expires.plus(Duration::from_secs(60));
-    let mut changes = ChangeSet::default();
-    changes.entries.insert("n".into(), Some(json!(3)));
-    ours.data.insert("n".into(), json!(3));
-    assert_eq!(
-        store
-            .save(&k, &loaded.version, &ours, &changes)
-            .await
-            .unwrap(),
-        Saved::Saved
-    );
-    let moved = ours.expires.as_millis().to_string();
+    let mut moved = loaded.record.clone();
+    moved.expires = moved.expires.plus(Duration::from_secs(60));
+    let saved = save_field(&store, &k, &loaded.version, &moved, "n", json!(3), false).await;
+    assert_eq!(saved, Saved::Saved);
+    let moved = moved.expires.as_millis().to_string();
     assert_eq!(score(store.index_key()), moved);
     assert_eq!(score(&user_set), moved);
 }
