@@ -248,9 +248,14 @@ impl Session {
         if record.data.get(key) == Some(&value) && !pending_increment {
             return Ok(());
         }
-        record.data.insert(key.to_owned(), value.clone());
+        set_entry(&mut record.data, key, value.clone());
         st.changes.increments.remove(key);
-        st.changes.entries.insert(key.to_owned(), Some(value));
+        match st.changes.entries.get_mut(key) {
+            Some(entry) => *entry = Some(value),
+            None => {
+                st.changes.entries.insert(key.to_owned(), Some(value));
+            }
+        }
         Ok(())
     }
 
@@ -269,7 +274,7 @@ impl Session {
         let mut st = self.state().await?;
         let record = self.view(&mut st);
         let value = crate::store::add_to(record.data.get(key), by);
-        record.data.insert(key.to_owned(), value.into());
+        set_entry(&mut record.data, key, value.into());
         let changes = &mut st.changes;
         if let Some(set) = changes.entries.get_mut(key) {
             // Set (or removed) earlier in this request: the new value is absolute.
@@ -685,6 +690,16 @@ impl Session {
             tracing::warn!("session key clash on create; drawing a new token");
         }
         Err(SessionError::Store(StoreError::Conflict))
+    }
+}
+
+/// Sets `data[key]`, copying the key only when it is new (a map keeps the key it has).
+fn set_entry(data: &mut crate::store::Data, key: &str, value: Value) {
+    match data.get_mut(key) {
+        Some(v) => *v = value,
+        None => {
+            data.insert(key.to_owned(), value);
+        }
     }
 }
 
