@@ -1,5 +1,6 @@
-//! Runs N requests through the layer in process (memory store, no HTTP), for counting the
-//! allocations and instructions a request costs under valgrind:
+//! Runs N requests through the layer in process (memory store, no HTTP; with `PER_REQUEST_REDIS=<url>`
+//! a Redis store, and `PER_REQUEST_CACHE=1` its read cache), for counting the allocations and
+//! instructions a request costs under valgrind:
 //!
 //! ```text
 //! cargo bench --bench per_request --no-run   # prints the binary's path
