@@ -258,13 +258,16 @@ pub(crate) fn add_to(current: Option<&Value>, by: i64) -> i64 {
 
 /// An opaque version of a stored record, handed out by `load` and given back to `save` so a store can
 /// tell whether anything changed in between. Its meaning is the store's own (a digest, a counter).
+///
+/// Cheap to clone (shared text): a loaded record's version is copied into every save attempt and every
+/// read-cache hit.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Version(String);
+pub struct Version(std::sync::Arc<str>);
 
 impl Version {
     /// A version with the given text.
-    pub fn new(v: impl Into<String>) -> Self {
-        Version(v.into())
+    pub fn new(v: impl AsRef<str>) -> Self {
+        Version(std::sync::Arc::from(v.as_ref()))
     }
 
     /// The version's text.
