@@ -131,7 +131,8 @@ fn tower_sessions_server(url: String) -> Server {
             // As tower-sessions-redis-store's documentation sets it up: a fred pool of 6.
             let pool = Pool::new(Config::from_url(&url).expect("url"), None, None, None, 6)
                 .expect("fred pool");
-            let _ = pool.connect();
+            // The connection tasks run on their own; the handle is not needed.
+            drop(pool.connect());
             pool.wait_for_connect().await.expect("connect");
             let layer = SessionManagerLayer::new(RedisStore::new(pool)).with_secure(false);
             Router::new()
