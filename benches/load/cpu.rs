@@ -191,3 +191,42 @@ impl Snapshot {
         }
     }
 }
+
+/// The CPU figures of one table cell's runs.
+#[derive(Default)]
+pub struct CpuRuns {
+    server_us: Vec<f64>,
+    redis_us: Vec<f64>,
+    driver_us: Vec<f64>,
+}
+
+impl CpuRuns {
+    /// Adds one run's figures.
+    pub fn push(&mut self, p: PerRequest) {
+        self.server_us.push(p.server_us);
+        self.redis_us.push(p.redis_us);
+        self.driver_us.push(p.driver_us);
+    }
+
+    /// The medians over the runs.
+    pub fn median(&self) -> PerRequest {
+        let m = |xs: &[f64]| super::driver::median_spread(xs, 1).0;
+        PerRequest {
+            server_us: m(&self.server_us),
+            redis_us: m(&self.redis_us),
+            driver_us: m(&self.driver_us),
+        }
+    }
+
+    /// The table cell: `server + Redis = total (driver)`, medians in µs.
+    pub fn cell(&self) -> String {
+        let p = self.median();
+        format!(
+            "{:.1} + {:.1} = {:.1} ({:.1})",
+            p.server_us,
+            p.redis_us,
+            p.total_us(),
+            p.driver_us
+        )
+    }
+}

@@ -33,9 +33,7 @@ struct Cell {
     cmds: Vec<f64>,
     detail: String,
     bytes: Vec<f64>,
-    server_us: Vec<f64>,
-    redis_us: Vec<f64>,
-    driver_us: Vec<f64>,
+    cpu: cpu::CpuRuns,
 }
 
 fn main() {
@@ -90,9 +88,7 @@ fn main() {
                     driver::run(server.addr, clients, workload, duration)
                 });
                 let cell = cells.entry((mi, wi)).or_default();
-                cell.server_us.push(per.server_us);
-                cell.redis_us.push(per.redis_us);
-                cell.driver_us.push(per.driver_us);
+                cell.cpu.push(per);
                 cell.rps.push(stats.rps());
                 cell.p50.push(stats.percentile_ms(0.50));
                 cell.p99.push(stats.percentile_ms(0.99));
@@ -151,16 +147,13 @@ fn main() {
         } else {
             median_spread(&c.bytes, 0).1
         };
-        let (server, _) = median_spread(&c.server_us, 1);
-        let (redis_cpu, _) = median_spread(&c.redis_us, 1);
-        let (driver_cpu, _) = median_spread(&c.driver_us, 1);
-        cpu_of.insert((modes[*mi], *wi), server + redis_cpu);
+        cpu_of.insert((modes[*mi], *wi), c.cpu.median().total_us());
         println!(
-            "| {} | {} | {rps_s} | {p50} | {p99} | {} | {server:.1} + {redis_cpu:.1} = {:.1} ({driver_cpu:.1}) | {cmds} | {bytes} |",
+            "| {} | {} | {rps_s} | {p50} | {p99} | {} | {} | {cmds} | {bytes} |",
             modes[*mi].name(),
             Workload::ALL[*wi].name(),
             c.errors,
-            server + redis_cpu
+            c.cpu.cell()
         );
     }
     println!();

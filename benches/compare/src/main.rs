@@ -154,9 +154,7 @@ struct Cell {
     bytes: Vec<f64>,
     sample: String,
     index_bytes: Vec<f64>,
-    server_us: Vec<f64>,
-    redis_us: Vec<f64>,
-    driver_us: Vec<f64>,
+    cpu: cpu::CpuRuns,
 }
 
 fn main() {
@@ -210,9 +208,7 @@ fn main() {
                 let (bytes, sessions, index_bytes) = probe::memory_breakdown(&redis);
                 let cell = cells.entry((lib, wi)).or_default();
                 cell.rps.push(stats.rps());
-                cell.server_us.push(cpu_per.server_us);
-                cell.redis_us.push(cpu_per.redis_us);
-                cell.driver_us.push(cpu_per.driver_us);
+                cell.cpu.push(cpu_per);
                 cell.p50.push(stats.percentile_ms(0.5));
                 cell.p99.push(stats.percentile_ms(0.99));
                 cell.errors += stats.errors;
@@ -246,18 +242,15 @@ fn main() {
     for ((lib, wi), c) in &cells {
         let (rps, rps_s) = median_spread(&c.rps, 0);
         let (bytes, bytes_s) = median_spread(&c.bytes, 0);
-        let (server, _) = median_spread(&c.server_us, 1);
-        let (redis_cpu, _) = median_spread(&c.redis_us, 1);
-        let (driver_cpu, _) = median_spread(&c.driver_us, 1);
-        med.insert((*lib, *wi), (rps, bytes, server + redis_cpu));
+        med.insert((*lib, *wi), (rps, bytes, c.cpu.median().total_us()));
         println!(
-            "| {} | {} | {rps_s} | {} | {} | {} | {server:.1} + {redis_cpu:.1} = {:.1} ({driver_cpu:.1}) | {} ({}) | {bytes_s} |",
+            "| {} | {} | {rps_s} | {} | {} | {} | {} | {} ({}) | {bytes_s} |",
             lib.name(),
             Workload::ALL[*wi].name(),
             median_spread(&c.p50, 2).1,
             median_spread(&c.p99, 2).1,
             c.errors,
-            server + redis_cpu,
+            c.cpu.cell(),
             median_spread(&c.cmds, 2).1,
             c.detail
         );
