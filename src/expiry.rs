@@ -168,11 +168,6 @@ impl Expiry {
         created.plus(self.absolute)
     }
 
-    /// Whether a read-only request at `now` should refresh a session last written at `last_access`.
-    pub fn needs_touch(&self, last_access: Timestamp, now: Timestamp) -> bool {
-        now.as_millis().saturating_sub(last_access.as_millis()) >= self.touch_window_ms()
-    }
-
     /// Whether a request at `now` should move the expiry of a session that now expires at `expires`
     /// (and ends for good at `deadline`): when the new expiry would be at least the touch window later.
     /// The same rule for reads and writes, so a busy session's expiry (and with it its cookie) is
@@ -225,14 +220,6 @@ mod tests {
                 .as_millis(),
             100_000
         );
-    }
-
-    #[test]
-    fn touch_waits_for_the_configured_fraction_of_the_idle_window() {
-        let e = quarter(100, 1000);
-        let t0 = Timestamp::from_millis(0);
-        assert!(!e.needs_touch(t0, Timestamp::from_millis(24_999)));
-        assert!(e.needs_touch(t0, Timestamp::from_millis(25_000)));
     }
 
     #[test]
