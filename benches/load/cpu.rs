@@ -132,9 +132,7 @@ pub fn pin_threads(prefix: &str, cpus: &str) {
         let named = std::fs::read_to_string(t.path().join("comm"))
             .is_ok_and(|c| c.trim_end().starts_with(prefix));
         if named {
-            let _ = Command::new("taskset")
-                .args(["-p", "-c", cpus, &t.file_name().to_string_lossy()])
-                .output();
+            pin_task(&t.file_name().to_string_lossy(), cpus);
         }
     }
 }
@@ -143,11 +141,16 @@ pub fn pin_threads(prefix: &str, cpus: &str) {
 pub fn pin_this_thread(cpus: &str) {
     if let Ok(tid) = std::fs::read_link("/proc/thread-self") {
         if let Some(tid) = tid.file_name() {
-            let _ = Command::new("taskset")
-                .args(["-p", "-c", cpus, &tid.to_string_lossy()])
-                .output();
+            pin_task(&tid.to_string_lossy(), cpus);
         }
     }
+}
+
+/// Pins one thread (task id `tid`) to `cpus`.
+fn pin_task(tid: &str, cpus: &str) {
+    let _ = Command::new("taskset")
+        .args(["-p", "-c", cpus, tid])
+        .output();
 }
 
 /// CPU nanoseconds per request of one run: server threads, Redis, the driver.

@@ -55,6 +55,27 @@ impl Stats {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// The progress line printed after run `rep` (from 0) of `reps`, for `name` (a mode or a library
+    /// padded to `width`) and `workload`.
+    pub fn progress(
+        &self,
+        rep: usize,
+        reps: usize,
+        name: &str,
+        width: usize,
+        workload: Workload,
+    ) -> String {
+        format!(
+            "run {}/{reps} {name:<width$} {:<24} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
+            rep + 1,
+            workload.name(),
+            self.rps(),
+            self.percentile_ms(0.5),
+            self.percentile_ms(0.99),
+            self.errors
+        )
+    }
+
     pub fn percentile_ms(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return f64::NAN;

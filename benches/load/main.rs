@@ -114,16 +114,7 @@ fn main() {
                     }
                 }
                 drop(server);
-                eprintln!(
-                    "run {}/{reps} {:<22} {:<24} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
-                    rep + 1,
-                    mode.name(),
-                    workload.name(),
-                    stats.rps(),
-                    stats.percentile_ms(0.5),
-                    stats.percentile_ms(0.99),
-                    stats.errors
-                );
+                eprintln!("{}", stats.progress(rep, reps, mode.name(), 22, workload));
             }
         }
     }

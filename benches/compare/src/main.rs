@@ -222,16 +222,7 @@ fn main() {
                     cell.sample = probe::sample_value(&redis);
                 }
                 drop(server);
-                eprintln!(
-                    "run {}/{reps} {:<32} {:<24} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
-                    rep + 1,
-                    lib.name(),
-                    workload.name(),
-                    stats.rps(),
-                    stats.percentile_ms(0.5),
-                    stats.percentile_ms(0.99),
-                    stats.errors
-                );
+                eprintln!("{}", stats.progress(rep, reps, lib.name(), 32, workload));
             }
         }
     }
