@@ -50,30 +50,50 @@ impl fmt::Display for InvalidId {
 
 impl std::error::Error for InvalidId {}
 
-/// Checks that `s` is exactly `len` characters of the unpadded base64url alphabet.
-fn check_b64url(s: &str, len: usize) -> Result<(), InvalidId> {
-    if s.len() != len {
-        return Err(InvalidId::Length);
+/// The value of each base64url character (`0..64`), or 64 for a byte outside the alphabet.
+const B64URL: [u8; 256] = {
+    let mut t = [64u8; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut i = 0;
+    while i < 64 {
+        t[alphabet[i] as usize] = i as u8;
+        i += 1;
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(InvalidId::Alphabet);
+    t
+};
+
+/// 43 characters of base64url, the text of 32 bytes, kept inline: a token or a store key costs no
+/// allocation and copies like an integer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Id43([u8; 43]);
+
+impl Id43 {
+    /// Checks `s`: exactly 43 characters, all base64url, and canonical (the last character carries two
+    /// padding bits, which must be zero, so one value has exactly one text).
+    fn parse(s: &str) -> Result<Self, InvalidId> {
+        let bytes: &[u8; 43] = s.as_bytes().try_into().map_err(|_| InvalidId::Length)?;
+        if bytes.iter().any(|&b| B64URL[usize::from(b)] == 64) {
+            return Err(InvalidId::Alphabet);
+        }
+        if B64URL[usize::from(bytes[42])] & 0b11 != 0 {
+            return Err(InvalidId::Alphabet);
+        }
+        Ok(Id43(*bytes))
     }
-    // The last character of 43 base64url characters carries only 4 meaningful bits; a canonical encoding
-    // leaves the other 2 at zero. Decoding refuses the non-canonical spellings, so one secret has one text.
-    // Decoded into a stack buffer: this runs on every request that presents a token.
-    let mut buf = [0u8; 64];
-    let decoded = if len <= 80 {
-        URL_SAFE_NO_PAD.decode_slice(s, &mut buf).is_ok()
-    } else {
-        URL_SAFE_NO_PAD.decode(s).is_ok()
-    };
-    if decoded {
-        Ok(())
-    } else {
-        Err(InvalidId::Alphabet)
+
+    /// The text of 32 bytes.
+    fn encode(raw: &[u8; 32]) -> Self {
+        let mut out = [0u8; 43];
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(raw, &mut out)
+            .expect("32 bytes are 43 characters of unpadded base64");
+        debug_assert_eq!(written, 43);
+        Id43(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // Only base64url (ASCII) is ever stored, so this cannot fail.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -82,7 +102,7 @@ fn check_b64url(s: &str, len: usize) -> Result<(), InvalidId> {
 /// `Debug` is redacted; the only ways to see the text are [`Token::as_str`] and [`Token::into_string`],
 /// which the transports use to write the cookie or header.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
+pub struct Token(Id43);
 
 impl Token {
     /// Length of a token's text form.
@@ -97,29 +117,27 @@ impl Token {
     pub fn generate() -> Self {
         let mut bytes = [0u8; TOKEN_BYTES];
         getrandom::fill(&mut bytes).expect("the operating system's random source is unavailable");
-        Token(URL_SAFE_NO_PAD.encode(bytes))
+        Token(Id43::encode(&bytes))
     }
 
     /// Parses a presented token strictly: exactly [`Token::LEN`] base64url characters, canonical.
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        check_b64url(s, Self::LEN)?;
-        Ok(Token(s.to_owned()))
+        Id43::parse(s).map(Token)
     }
 
     /// The text to send to the client.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 
     /// The text to send to the client, by value.
     pub fn into_string(self) -> String {
-        self.0
+        self.as_str().to_owned()
     }
 
     /// The key under which the store keeps this token's session: SHA-256 of the token, base64url.
     pub fn store_key(&self) -> StoreKey {
-        let digest = Sha256::digest(self.0.as_bytes());
-        StoreKey(URL_SAFE_NO_PAD.encode(digest))
+        StoreKey(Id43::encode(&Sha256::digest(self.0 .0).into()))
     }
 }
 
@@ -132,35 +150,34 @@ impl fmt::Debug for Token {
 /// The key a store files a session under: the SHA-256 digest of its token, as 43 base64url characters.
 ///
 /// Safe to log, list and use as a file name: it cannot be turned back into a token, and its alphabet has
-/// no path separators or dots.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StoreKey(String);
+/// no path separators or dots. Ordered as its text is.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreKey(Id43);
 
 impl StoreKey {
-    /// Length of a store key's text form.
+    /// Length of a store key in characters.
     pub const LEN: usize = 43;
 
-    /// Parses a store key (as shown by the admin listing) strictly.
+    /// Validates a store key given as text (an admin path segment, a file name).
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        check_b64url(s, Self::LEN)?;
-        Ok(StoreKey(s.to_owned()))
+        Id43::parse(s).map(StoreKey)
     }
 
     /// The key's text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
 impl fmt::Debug for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StoreKey({})", self.0)
+        write!(f, "StoreKey({})", self.as_str())
     }
 }
 
 impl fmt::Display for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -193,6 +210,45 @@ mod tests {
         let non_canonical = format!("{}B", &"A".repeat(42));
         assert_eq!(Token::parse(&non_canonical), Err(InvalidId::Alphabet));
         assert!(Token::parse(&"A".repeat(43)).is_ok());
+    }
+
+    #[test]
+    fn parse_accepts_exactly_what_a_strict_base64url_decoder_accepts() {
+        // Every byte value in every position class: the 42 leading characters and the last one (whose
+        // two padding bits must be zero). The table-driven check must agree with the `base64` crate.
+        let base = Token::generate().into_string();
+        for pos in [0, 21, 41, 42] {
+            for b in 0..=255u8 {
+                let mut bytes = base.clone().into_bytes();
+                bytes[pos] = b;
+                let Ok(text) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                let mut buf = [0u8; 33];
+                let strict =
+                    text.len() == 43 && URL_SAFE_NO_PAD.decode_slice(&text, &mut buf).is_ok();
+                assert_eq!(
+                    Token::parse(&text).is_ok(),
+                    strict,
+                    "byte {b:#04x} at {pos}"
+                );
+                assert_eq!(StoreKey::parse(&text).is_ok(), strict);
+            }
+        }
+        // A multi-byte character of the right byte length is refused, not sliced.
+        let accented = format!("é{}", &base[2..]);
+        assert_eq!(accented.len(), 43);
+        assert_eq!(Token::parse(&accented), Err(InvalidId::Alphabet));
+    }
+
+    #[test]
+    fn texts_round_trip_and_order_as_text() {
+        let a = Token::generate().store_key();
+        let b = Token::generate().store_key();
+        assert_eq!(StoreKey::parse(a.as_str()), Ok(a));
+        assert_eq!(a.cmp(&b), a.as_str().cmp(b.as_str()));
+        let t = Token::generate();
+        assert_eq!(Token::parse(&t.clone().into_string()), Ok(t));
     }
 
     #[test]

@@ -367,7 +367,7 @@ impl Session {
     /// "this device". A digest of the token, useless as a cookie.
     pub async fn store_key(&self) -> Result<Option<StoreKey>, SessionError> {
         let st = self.state().await?;
-        Ok(st.stored.as_ref().map(|(k, _)| k.clone()))
+        Ok(st.stored.as_ref().map(|(k, _)| *k))
     }
 
     /// The live sessions of this session's user, this one included once stored: metadata only (created,
@@ -409,7 +409,7 @@ impl Session {
             let st = self.state().await?;
             (
                 st.record.as_ref().and_then(|r| r.user.clone()),
-                st.stored.as_ref().map(|(k, _)| k.clone()),
+                st.stored.as_ref().map(|(k, _)| *k),
             )
         };
         let Some(user) = user else { return Ok(0) };

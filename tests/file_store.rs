@@ -606,7 +606,7 @@ async fn listing_pages_through_every_live_session_exactly_once() {
             let page = store.list(cursor.as_deref(), 7).await.unwrap();
             pages += 1;
             assert!(page.sessions.len() <= 7);
-            seen.extend(page.sessions.iter().map(|s| s.id.clone()));
+            seen.extend(page.sessions.iter().map(|s| s.id));
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
                 None => break,

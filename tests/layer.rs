@@ -309,9 +309,9 @@ async fn cycle_id_writes_the_new_key_before_deleting_the_old_one() {
     assert_eq!(
         store.take(),
         vec![
-            Call::Load(old_key.clone()),
-            Call::Create(new_key.clone()),
-            Call::Delete(old_key.clone())
+            Call::Load(old_key),
+            Call::Create(new_key),
+            Call::Delete(old_key)
         ]
     );
     // The data moved with the session, the old token is dead.

@@ -114,7 +114,7 @@ async fn every_store_operation_works_on_a_cluster_with_sessions_spread_over_the_
     let mut cursor: Option<String> = None;
     loop {
         let page = bounded(store.list(cursor.as_deref(), 37)).await.unwrap();
-        seen.extend(page.sessions.iter().map(|s| (s.expires, s.id.clone())));
+        seen.extend(page.sessions.iter().map(|s| (s.expires, s.id)));
         match page.next_cursor {
             Some(c) => cursor = Some(c),
             None => break,
@@ -250,7 +250,7 @@ async fn missing(store: &RedisStore, acked: &[(StoreKey, Instant)]) -> Vec<(Stor
     let mut out = Vec::new();
     for (k, at) in acked {
         if bounded(store.load(k)).await.unwrap().is_none() {
-            out.push((k.clone(), *at));
+            out.push((*k, *at));
         }
     }
     out

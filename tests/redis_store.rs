@@ -688,14 +688,14 @@ async fn a_page_after_a_vanished_cursor_among_tied_expiries_neither_repeats_nor_
     assert_eq!(first.sessions.len(), 5);
     let cursor = first.next_cursor.clone().expect("more pages");
     // The cursor's session vanishes with its index entry before the next page is asked for.
-    let last = first.sessions.last().unwrap().id.clone();
+    let last = first.sessions.last().unwrap().id;
     server.cli(&["DEL", &store.redis_key(&last)]);
     server.cli(&["ZREM", store.index_key(), last.as_str()]);
-    let mut seen: Vec<StoreKey> = first.sessions.iter().map(|s| s.id.clone()).collect();
+    let mut seen: Vec<StoreKey> = first.sessions.iter().map(|s| s.id).collect();
     let mut cursor = Some(cursor);
     while let Some(c) = cursor {
         let page = store.list(Some(&c), 5).await.unwrap();
-        seen.extend(page.sessions.iter().map(|s| s.id.clone()));
+        seen.extend(page.sessions.iter().map(|s| s.id));
         cursor = page.next_cursor;
     }
     let unique: HashSet<&StoreKey> = seen.iter().collect();
@@ -716,7 +716,7 @@ async fn count_and_list_page_through_live_sessions_and_cleanup_drops_stale_index
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..2_000u64 {
         let (store, k) = (store.clone(), key());
-        live.insert(k.clone());
+        live.insert(k);
         // Distinct expiries, plus a block of 300 sharing one (ties in the index).
         let ttl = Duration::from_millis(60_000 + if i < 300 { 0 } else { i * 7 });
         tasks.spawn(async move {
@@ -760,7 +760,7 @@ async fn count_and_list_page_through_live_sessions_and_cleanup_drops_stale_index
         assert!(page.sessions.len() <= 100);
         let mut last = 0;
         for s in &page.sessions {
-            assert!(seen.insert(s.id.clone()), "listed twice: {:?}", s.id);
+            assert!(seen.insert(s.id), "listed twice: {:?}", s.id);
             assert!(s.expires.as_millis() >= last, "ordered by expiry");
             last = s.expires.as_millis();
             assert_eq!(s.user_agent.as_deref(), Some("test-agent"));
@@ -779,7 +779,7 @@ async fn count_and_list_page_through_live_sessions_and_cleanup_drops_stale_index
     assert_eq!(server.cli(&["ZCARD", store.index_key()]), "1990");
 
     // An orphan the listing never met is found by cleanup's sweep.
-    let k = live.iter().next().unwrap().clone();
+    let k = *live.iter().next().unwrap();
     server.cli(&["DEL", &store.redis_key(&k)]);
     assert_eq!(store.cleanup().await.unwrap(), 1);
     assert_eq!(store.count().await.unwrap(), 1_989);

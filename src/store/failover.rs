@@ -110,8 +110,8 @@ impl Recent {
             return;
         }
         self.tick += 1;
-        self.map.insert(key.clone(), (record, self.tick));
-        self.order.push_back((key.clone(), self.tick));
+        self.map.insert(*key, (record, self.tick));
+        self.order.push_back((*key, self.tick));
         while self.map.len() > self.capacity || self.order.len() > 2 * self.capacity.max(8) {
             let Some((k, t)) = self.order.pop_front() else {
                 break;
@@ -429,7 +429,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(u, k)| (u.clone(), k.clone()))
+            .map(|(u, k)| (u.clone(), *k))
             .collect();
         for (user, keep) in users {
             // Only sessions from before the outage are in the primary (nothing was written to it
@@ -600,7 +600,7 @@ impl<P: ManagedStore, F: ManagedStore> FailoverStore<P, F> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if t.len() < MAX_TOMBSTONES {
-            t.insert(key.clone());
+            t.insert(*key);
         }
     }
 }

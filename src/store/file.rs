@@ -775,7 +775,7 @@ impl Inner {
 
 impl SessionStore for FileStore {
     async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
-        let key = key.clone();
+        let key = *key;
         self.locked(&key.clone(), move |inner| {
             let now = inner.cfg.clock.now();
             Ok(inner
@@ -786,7 +786,7 @@ impl SessionStore for FileStore {
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
-        let key = key.clone();
+        let key = *key;
         let bytes = record.to_json();
         self.locked(&key.clone(), move |inner| {
             let now = inner.cfg.clock.now();
@@ -812,7 +812,7 @@ impl SessionStore for FileStore {
         ours: &Record,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
-        let key = key.clone();
+        let key = *key;
         let base = base.clone();
         let ours = ours.clone();
         let changes = changes.clone();
@@ -841,7 +841,7 @@ impl SessionStore for FileStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let key = key.clone();
+        let key = *key;
         self.locked(&key.clone(), move |inner| {
             let now = inner.cfg.clock.now();
             match inner.current(&key, now)? {
@@ -981,7 +981,7 @@ mod tests {
     #[test]
     fn only_well_formed_session_names_are_session_files() {
         let k = Token::generate().store_key();
-        assert_eq!(session_key(&format!("{k}.json")), Some(k.clone()));
+        assert_eq!(session_key(&format!("{k}.json")), Some(k));
         assert_eq!(session_key(&format!("{k}.corrupt")), None);
         assert_eq!(session_key(&format!(".{k}.1.2.tmp")), None);
         assert_eq!(session_key("../x.json"), None);

@@ -56,11 +56,11 @@ impl<S> Recording<S> {
 
 impl<S: SessionStore> SessionStore for Recording<S> {
     async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
-        self.log(Call::Load(key.clone()))?;
+        self.log(Call::Load(*key))?;
         self.inner.load(key).await
     }
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
-        self.log(Call::Create(key.clone()))?;
+        self.log(Call::Create(*key))?;
         self.inner.create(key, record).await
     }
     async fn save(
@@ -70,11 +70,11 @@ impl<S: SessionStore> SessionStore for Recording<S> {
         ours: &Record,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
-        self.log(Call::Save(key.clone()))?;
+        self.log(Call::Save(*key))?;
         self.inner.save(key, base, ours, changes).await
     }
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        self.log(Call::Delete(key.clone()))?;
+        self.log(Call::Delete(*key))?;
         self.inner.delete(key).await
     }
     async fn user_sessions(
