@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[derive(Debug)]
 struct Entry {
     record: Record,
-    version: u64,
+    /// Made when the entry is written, so a load hands out a clone of it (no formatting, no allocation).
+    version: Version,
 }
 
 struct Inner {
@@ -34,7 +35,7 @@ struct Inner {
     next_version: std::sync::atomic::AtomicU64,
 }
 
-/// A version number as text, formatted on the stack (a load hands one out every time).
+/// A version number as text, formatted on the stack (each write makes one).
 fn version_text(mut n: u64) -> Version {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
@@ -104,10 +105,12 @@ impl MemoryStore {
         self.inner.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn version(&self) -> u64 {
-        self.inner
-            .next_version
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    fn version(&self) -> Version {
+        version_text(
+            self.inner
+                .next_version
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Makes room for one more entry. Called with the lock held.
@@ -123,7 +126,7 @@ impl MemoryStore {
         if let Some(victim) = map
             .iter()
             .min_by_key(|(_, e)| e.record.expires)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| *k)
         {
             tracing::warn!(
                 capacity = self.inner.capacity,
@@ -145,7 +148,7 @@ impl SessionStore for MemoryStore {
             }
             Some(e) => Ok(Some(Loaded {
                 record: e.record.clone(),
-                version: version_text(e.version),
+                version: e.version.clone(),
             })),
             None => Ok(None),
         }
@@ -162,7 +165,7 @@ impl SessionStore for MemoryStore {
         }
         self.make_room(&mut map);
         map.insert(
-            key.clone(),
+            *key,
             Entry {
                 record: record.clone(),
                 version,
@@ -188,7 +191,7 @@ impl SessionStore for MemoryStore {
             map.remove(key);
             return Ok(Saved::Gone);
         }
-        if base.as_str().parse::<u64>() == Ok(entry.version) {
+        if *base == entry.version {
             entry.record = ours.clone();
         } else {
             crate::metrics::Metrics::global().count(crate::metrics::Event::SaveConflict);
@@ -213,7 +216,7 @@ impl SessionStore for MemoryStore {
             .map()
             .iter()
             .filter(|(_, e)| !e.record.is_expired(now) && e.record.user.as_deref() == Some(user))
-            .map(|(k, e)| e.record.summary(k.clone()))
+            .map(|(k, e)| e.record.summary(*k))
             .collect();
         super::sort_user_sessions(&mut sessions);
         Ok(sessions)
@@ -273,7 +276,7 @@ impl ManagedStore for MemoryStore {
                 more = true;
                 break;
             }
-            sessions.push(e.record.summary(k.clone()));
+            sessions.push(e.record.summary(*k));
             last = Some(k.as_str().to_owned());
         }
         Ok(Page {
@@ -410,7 +413,7 @@ mod tests {
             let page = store.list(cursor.as_deref(), 10).await.unwrap();
             assert!(page.sessions.len() <= 10);
             for s in &page.sessions {
-                assert!(seen.insert(s.id.clone()));
+                assert!(seen.insert(s.id));
             }
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
