@@ -259,20 +259,74 @@ pub(crate) fn add_to(current: Option<&Value>, by: i64) -> i64 {
 /// An opaque version of a stored record, handed out by `load` and given back to `save` so a store can
 /// tell whether anything changed in between. Its meaning is the store's own (a digest, a counter).
 ///
-/// Cheap to clone (shared text): a loaded record's version is copied into every save attempt and every
-/// read-cache hit.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Version(std::sync::Arc<str>);
+/// Cheap to clone, and made without allocating when short: a loaded record's version is copied into
+/// every save attempt and every read-cache hit, and the memory and file stores make one per write. Up
+/// to [`Version::INLINE`] bytes of text are kept inline (a counter, a short digest); longer text (a
+/// Redis value that is its own version) is shared.
+///
+/// ```
+/// use sessionforge::store::Version;
+///
+/// assert_eq!(Version::new("17").as_str(), "17");
+/// let long = "x".repeat(100);
+/// assert_eq!(Version::new(&long), Version::new(long.clone()));
+/// assert_ne!(Version::new("17"), Version::new("18"));
+/// ```
+#[derive(Clone)]
+pub struct Version(VersionText);
+
+#[derive(Clone)]
+enum VersionText {
+    Inline(u8, [u8; Version::INLINE]),
+    Shared(std::sync::Arc<str>),
+}
 
 impl Version {
+    /// The longest text kept inline, in bytes.
+    pub const INLINE: usize = 30;
+
     /// A version with the given text.
     pub fn new(v: impl AsRef<str>) -> Self {
-        Version(std::sync::Arc::from(v.as_ref()))
+        let text = v.as_ref();
+        match u8::try_from(text.len()) {
+            Ok(len) if text.len() <= Self::INLINE => {
+                let mut buf = [0u8; Self::INLINE];
+                buf[..text.len()].copy_from_slice(text.as_bytes());
+                Version(VersionText::Inline(len, buf))
+            }
+            _ => Version(VersionText::Shared(std::sync::Arc::from(text))),
+        }
     }
 
     /// The version's text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Copied whole from a `&str`, so always UTF-8.
+            VersionText::Inline(len, buf) => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default()
+            }
+            VersionText::Shared(text) => text,
+        }
+    }
+}
+
+impl PartialEq for Version {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Version {}
+
+impl std::hash::Hash for Version {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Version").field(&self.as_str()).finish()
     }
 }
 
@@ -856,6 +910,32 @@ mod tests {
             user: None,
             data: data.as_object().unwrap().clone(),
         }
+    }
+
+    #[test]
+    fn versions_keep_their_text_inline_or_shared_alike() {
+        use std::hash::{BuildHasher, RandomState};
+        let hasher = RandomState::new();
+        for len in [
+            0,
+            1,
+            Version::INLINE - 1,
+            Version::INLINE,
+            Version::INLINE + 1,
+            1024,
+        ] {
+            let text: String = "aé".chars().cycle().take(len).collect();
+            let v = Version::new(&text);
+            assert_eq!(v.as_str(), text, "{len}");
+            assert_eq!(v.clone(), Version::new(text.clone()));
+            assert_eq!(hasher.hash_one(&v), hasher.hash_one(Version::new(&text)));
+            let other: String = format!("{text}!");
+            assert_ne!(v, Version::new(other));
+        }
+        // A multi-byte character that straddles the inline limit goes to the shared form whole.
+        let straddling = format!("{}é", "a".repeat(Version::INLINE - 1));
+        assert_eq!(Version::new(&straddling).as_str(), straddling);
+        assert_eq!(format!("{:?}", Version::new("7")), "Version(\"7\")");
     }
 
     #[test]
