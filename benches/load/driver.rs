@@ -214,6 +214,14 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// Repetition by repetition, `ours[i] / theirs[i]`: the median and spread of the ratios of runs made
+/// seconds apart. On a noisy machine this pairs each run with its neighbour, so a slow minute slows
+/// both sides of a ratio instead of one of two medians.
+pub fn paired_ratio(ours: &[f64], theirs: &[f64]) -> (f64, String) {
+    let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
+    median_spread(&ratios, 2)
+}
+
 /// The median of `xs` and the spread (min..max), as text.
 pub fn median_spread(xs: &[f64], digits: usize) -> (f64, String) {
     let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();

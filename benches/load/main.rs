@@ -19,7 +19,7 @@ mod driver;
 mod probe;
 mod sf_app;
 
-use driver::{env_or, median_spread, Workload};
+use driver::{env_or, median_spread, paired_ratio, Workload};
 use sf_app::{Mode, Server};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -149,16 +149,19 @@ fn main() {
     }
     println!();
     for (wi, w) in Workload::ALL.iter().enumerate() {
-        if let (Some(none), Some(mem)) = (
-            rps_of.get(&(Mode::NoSessions, wi)),
-            rps_of.get(&(Mode::Memory, wi)),
-        ) {
-            println!(
-                "memory / no sessions, {}: throughput {:.2} (target >= 0.85); requests per server CPU-second {:.2}",
-                w.name(),
-                mem / none,
-                cpu_of[&(Mode::NoSessions, wi)] / cpu_of[&(Mode::Memory, wi)]
-            );
-        }
+        let cell = |mode: Mode| {
+            let at = modes.iter().position(|m| *m == mode)?;
+            cells.get(&(at, wi))
+        };
+        let (Some(none), Some(mem)) = (cell(Mode::NoSessions), cell(Mode::Memory)) else {
+            continue;
+        };
+        println!(
+            "memory / no sessions, {}: throughput {:.2} (target >= 0.85), paired by repetition {}; requests per server CPU-second {:.2}",
+            w.name(),
+            rps_of[&(Mode::Memory, wi)] / rps_of[&(Mode::NoSessions, wi)],
+            paired_ratio(&mem.rps, &none.rps).1,
+            cpu_of[&(Mode::NoSessions, wi)] / cpu_of[&(Mode::Memory, wi)]
+        );
     }
 }

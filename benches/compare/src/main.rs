@@ -23,7 +23,7 @@ mod sf_app;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use driver::{env_or, median_spread, Workload};
+use driver::{env_or, median_spread, paired_ratio, Workload};
 use sf_app::{Mode, Server};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -257,10 +257,11 @@ fn main() {
                 continue;
             };
             println!(
-                "{} / tower-sessions, {}: throughput {:.2} (target >= {target}), requests per CPU-second (server + Redis) {:.2}, bytes/session {:.2} (target <= 1.2)",
+                "{} / tower-sessions, {}: throughput {:.2} (target >= {target}), paired by repetition {}, requests per CPU-second (server + Redis) {:.2}, bytes/session {:.2} (target <= 1.2)",
                 lib.name(),
                 w.name(),
                 sf / ts,
+                paired_ratio(&cells[&(lib, wi)].rps, &cells[&(Lib::TowerSessions, wi)].rps).1,
                 ts_cpu / sf_cpu,
                 sf_bytes / ts_bytes
             );
