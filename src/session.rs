@@ -125,8 +125,9 @@ struct State {
     loaded: bool,
     /// The session as stored when loaded: its key and version. `None`: nothing stored (yet).
     stored: Option<(StoreKey, Version)>,
-    /// The local view: the loaded record with this request's changes applied.
-    record: Option<Record>,
+    /// The local view: the loaded record with this request's changes applied. Shared with the store's
+    /// copy until the request changes something ([`Arc::make_mut`] copies it then).
+    record: Option<Arc<Record>>,
     changes: ChangeSet,
     /// A key to delete when the request ends (destroyed or renewed session).
     retire: Option<StoreKey>,
@@ -297,7 +298,10 @@ impl Session {
     /// Removes `key`, answering the raw value it had.
     pub async fn remove_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
         let mut st = self.state().await?;
-        let old = st.record.as_mut().and_then(|r| r.data.remove(key));
+        let old = match st.record.as_mut() {
+            Some(r) if r.data.contains_key(key) => Arc::make_mut(r).data.remove(key),
+            _ => None,
+        };
         if old.is_some() {
             st.changes.increments.remove(key);
             st.changes.entries.insert(key.to_owned(), None);
@@ -308,8 +312,8 @@ impl Session {
     /// Removes every key (the session itself, its id and user stay).
     pub async fn clear(&self) -> Result<(), SessionError> {
         let mut st = self.state().await?;
-        if let Some(r) = st.record.as_mut() {
-            r.data.clear();
+        if let Some(r) = st.record.as_mut().filter(|r| !r.data.is_empty()) {
+            Arc::make_mut(r).data.clear();
         }
         st.changes.cleared = true;
         st.changes.entries.clear();
@@ -475,7 +479,7 @@ impl Session {
 
     async fn meta<T>(&self, f: impl FnOnce(&Record) -> T) -> Result<Option<T>, SessionError> {
         let st = self.state().await?;
-        Ok(st.record.as_ref().map(f))
+        Ok(st.record.as_deref().map(f))
     }
 
     /// The local view, created empty (now) if the session does not exist yet.
@@ -483,9 +487,9 @@ impl Session {
         let config = &self.inner.config;
         let expiry = &config.expiry;
         let ua = &self.inner.user_agent;
-        st.record.get_or_insert_with(|| {
+        let record = st.record.get_or_insert_with(|| {
             let now = config.clock.now();
-            Record {
+            Arc::new(Record {
                 created_at: now,
                 last_access: now,
                 expires: expiry.expires_at(now, now),
@@ -496,8 +500,9 @@ impl Session {
                     .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
                 user: None,
                 data: Default::default(),
-            }
-        })
+            })
+        });
+        Arc::make_mut(record)
     }
 
     /// Whether [`Session::commit`] would certainly do nothing: the session was not loaded, or it is a
@@ -559,7 +564,7 @@ impl Session {
                     Outcome::Nothing
                 });
             }
-            let record = st.record.as_mut().expect("non-empty session has a record");
+            let record = Arc::make_mut(st.record.as_mut().expect("non-empty session has a record"));
             refresh(record, config, now);
             let (token, expires) = self.create(record).await?;
             Metrics::global().count(Event::Created);
@@ -587,7 +592,7 @@ impl Session {
             return Ok(Outcome::Remove);
         }
         if *renew {
-            refresh(record, config, now);
+            refresh(Arc::make_mut(record), config, now);
             let (token, expires) = self.create(record).await?;
             store.delete(key).await?;
             Metrics::global().count(Event::Renewed);
@@ -609,9 +614,9 @@ impl Session {
             return Ok(Outcome::Nothing);
         }
         if touch {
-            refresh(record, config, now);
+            refresh(Arc::make_mut(record), config, now);
         } else {
-            record.last_access = now;
+            Arc::make_mut(record).last_access = now;
         }
         changes.expiry_kept = !touch;
         check_size(record, config.max_size)?;

@@ -324,7 +324,7 @@ impl SessionStore for FakeRedis {
         &self,
         key: &StoreKey,
         base: &Version,
-        ours: &Record,
+        ours: &std::sync::Arc<Record>,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         self.check()?;

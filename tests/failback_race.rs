@@ -28,14 +28,14 @@ async fn save_c_then_expect_every_change(
     loaded: &sessionforge::store::Loaded,
     now: sessionforge::expiry::Timestamp,
 ) {
-    let mut ours = loaded.record.clone();
+    let mut ours = (*loaded.record).clone();
     ours.last_access = now.plus(Duration::from_millis(20));
     ours.data.insert("c".into(), json!(true));
     let mut changes = ChangeSet::default();
     changes.entries.insert("c".into(), Some(json!(true)));
     assert_eq!(
         store
-            .save(key, &loaded.version, &ours, &changes)
+            .save(key, &loaded.version, &ours.clone().into(), &changes)
             .await
             .unwrap(),
         Saved::Saved

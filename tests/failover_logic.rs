@@ -150,10 +150,10 @@ async fn a_session_loaded_just_before_the_outage_is_kept_alive_in_the_fallback()
     changes
         .entries
         .insert("cart".into(), Some(serde_json::json!(4)));
-    let mut ours = loaded.record.clone();
+    let mut ours = (*loaded.record).clone();
     changes.apply(&mut ours.data);
     let saved = store
-        .save(&k, &loaded.version, &ours, &changes)
+        .save(&k, &loaded.version, &ours.clone().into(), &changes)
         .await
         .unwrap();
     assert_eq!(saved, sessionforge::store::Saved::Saved);

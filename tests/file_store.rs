@@ -481,7 +481,10 @@ async fn a_save_after_delete_is_gone_and_recreates_nothing() {
         let mut ours = rec.clone();
         changes.apply(&mut ours.data);
         assert_eq!(
-            store.save(&key, &base, &ours, &changes).await.unwrap(),
+            store
+                .save(&key, &base, &ours.clone().into(), &changes)
+                .await
+                .unwrap(),
             Saved::Gone
         );
         assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
@@ -525,7 +528,7 @@ async fn expired_files_are_absent_and_removed_by_cleanup() {
                 .save(
                     &short[1],
                     &sessionforge::store::Version::new("x"),
-                    &stale,
+                    &stale.clone().into(),
                     &ChangeSet::default()
                 )
                 .await
@@ -662,7 +665,10 @@ async fn the_byte_quota_refuses_new_sessions_but_lets_existing_ones_grow_a_littl
         let mut ours = rec.clone();
         changes.apply(&mut ours.data);
         assert_eq!(
-            store.save(&keys[0], &base, &ours, &changes).await.unwrap(),
+            store
+                .save(&keys[0], &base, &ours.clone().into(), &changes)
+                .await
+                .unwrap(),
             Saved::Saved
         );
         // ... but not without bound; the refused save leaves the file as it was.
@@ -675,7 +681,7 @@ async fn the_byte_quota_refuses_new_sessions_but_lets_existing_ones_grow_a_littl
         let mut ours = rec.clone();
         changes.apply(&mut ours.data);
         let err = store
-            .save(&keys[1], &base, &ours, &changes)
+            .save(&keys[1], &base, &ours.clone().into(), &changes)
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::QuotaExceeded { .. }), "{err:?}");
@@ -689,7 +695,10 @@ async fn the_byte_quota_refuses_new_sessions_but_lets_existing_ones_grow_a_littl
         let mut ours = rec.clone();
         changes.apply(&mut ours.data);
         assert_eq!(
-            store.save(&keys[1], &base, &ours, &changes).await.unwrap(),
+            store
+                .save(&keys[1], &base, &ours.clone().into(), &changes)
+                .await
+                .unwrap(),
             Saved::Saved
         );
     })

@@ -592,10 +592,10 @@ async fn concurrent_increments_all_count_and_mix_with_sets_in_one_request() {
     let key = Token::parse(b.cookie.as_ref().unwrap())
         .unwrap()
         .store_key();
-    let data = store.load(&key).await.unwrap().unwrap().record.data;
+    let data = store.load(&key).await.unwrap().unwrap().record.data.clone();
     assert_eq!(data["n"], 65, "every one of 65 increments counted");
     assert_eq!(b.post("/mix", "").await.body, "101 -2");
-    let data = store.load(&key).await.unwrap().unwrap().record.data;
+    let data = store.load(&key).await.unwrap().unwrap().record.data.clone();
     assert_eq!(
         (data["m"].clone(), data["t"].clone()),
         (101.into(), (-2).into())

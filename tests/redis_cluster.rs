@@ -95,12 +95,12 @@ async fn every_store_operation_works_on_a_cluster_with_sessions_spread_over_the_
     // Load, save (a merge against a concurrent change), delete.
     let loaded = bounded(store.load(&keys[1])).await.unwrap().unwrap();
     assert_eq!(loaded.record.data["n"], 1);
-    let mut ours = loaded.record.clone();
+    let mut ours = (*loaded.record).clone();
     ours.data.insert("x".into(), json!(1));
     let mut changes = ChangeSet::default();
     changes.entries.insert("x".into(), Some(json!(1)));
     assert_eq!(
-        bounded(store.save(&keys[1], &loaded.version, &ours, &changes))
+        bounded(store.save(&keys[1], &loaded.version, &ours.clone().into(), &changes))
             .await
             .unwrap(),
         Saved::Saved

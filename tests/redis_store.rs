@@ -285,7 +285,10 @@ async fn save_field(
     changes.expiry_kept = expiry_kept;
     let mut ours = base.clone();
     ours.data.insert(field.into(), value);
-    store.save(k, version, &ours, &changes).await.unwrap()
+    store
+        .save(k, version, &ours.clone().into(), &changes)
+        .await
+        .unwrap()
 }
 
 /// `EVALSHA` calls that ran a script since the last `CONFIG RESETSTAT` on `server` (a `NOSCRIPT`
@@ -324,10 +327,13 @@ async fn a_stale_save_merges_with_the_concurrent_writer_and_counts_a_conflict() 
             .insert(key_name.into(), Some(json!(key_name)));
         let mut ours = base_record.clone();
         changes.apply(&mut ours.data);
-        let saved = store.save(&k, &base, &ours, &changes).await.unwrap();
+        let saved = store
+            .save(&k, &base, &ours.clone().into(), &changes)
+            .await
+            .unwrap();
         assert_eq!(saved, Saved::Saved);
     }
-    let data = store.load(&k).await.unwrap().unwrap().record.data;
+    let data = store.load(&k).await.unwrap().unwrap().record.data.clone();
     assert_eq!(Value::Object(data), json!({"n": 1, "a": "a", "b": "b"}));
     assert!(Metrics::global().get(Event::SaveConflict) > conflicts_before);
 }
@@ -378,7 +384,10 @@ async fn a_save_after_a_delete_never_brings_the_session_back() {
     let mut changes = ChangeSet::default();
     changes.entries.insert("x".into(), Some(json!(1)));
     assert_eq!(
-        store.save(&k, &base, &rec, &changes).await.unwrap(),
+        store
+            .save(&k, &base, &rec.clone().into(), &changes)
+            .await
+            .unwrap(),
         Saved::Gone
     );
     assert_eq!(server.cli(&["EXISTS", &store.redis_key(&k)]), "0");
@@ -613,7 +622,7 @@ async fn corrupt_values_give_a_fresh_session_and_cleanup_removes_them() {
         .save(
             &planted.store_key(),
             &sessionforge::store::Version::new("x"),
-            &rec,
+            &rec.clone().into(),
             &ChangeSet::default(),
         )
         .await
@@ -664,7 +673,7 @@ async fn a_save_that_keeps_the_expiry_leaves_the_index_and_the_user_set_alone() 
 
     // A refresh moves the expiry: both sets follow.
     let loaded = store.load(&k).await.unwrap().unwrap();
-    let mut moved = loaded.record.clone();
+    let mut moved = (*loaded.record).clone();
     moved.expires = moved.expires.plus(Duration::from_secs(60));
     let saved = save_field(&store, &k, &loaded.version, &moved, "n", json!(3), false).await;
     assert_eq!(saved, Saved::Saved);

@@ -87,11 +87,12 @@ struct Inner<P, F> {
 }
 
 /// The last known state of sessions served through the primary, to restore them from during an
-/// outage. Bounded; the oldest entries go first.
+/// outage. Bounded; the oldest entries go first. Records are shared with the requests that loaded or
+/// saved them, so keeping one costs no copy.
 struct Recent {
     capacity: usize,
     tick: u64,
-    map: std::collections::HashMap<StoreKey, (Record, u64)>,
+    map: std::collections::HashMap<StoreKey, (Arc<Record>, u64)>,
     order: std::collections::VecDeque<(StoreKey, u64)>,
 }
 
@@ -105,7 +106,7 @@ impl Recent {
         }
     }
 
-    fn put(&mut self, key: &StoreKey, record: Record) {
+    fn put(&mut self, key: &StoreKey, record: Arc<Record>) {
         if self.capacity == 0 {
             return;
         }
@@ -124,19 +125,19 @@ impl Recent {
     }
 
     /// Applies a saved change-set the way the primary did: to the state it holds.
-    fn apply(&mut self, key: &StoreKey, changes: &ChangeSet, ours: &Record) {
+    fn apply(&mut self, key: &StoreKey, changes: &ChangeSet, ours: &Arc<Record>) {
         let merged = match self.map.get(key) {
             Some((current, _)) => {
-                let mut r = current.clone();
+                let mut r = Record::clone(current);
                 r.merge(changes, ours);
-                r
+                Arc::new(r)
             }
-            None => ours.clone(),
+            None => Arc::clone(ours),
         };
         self.put(key, merged);
     }
 
-    fn remove(&mut self, key: &StoreKey) -> Option<Record> {
+    fn remove(&mut self, key: &StoreKey) -> Option<Arc<Record>> {
         self.map.remove(key).map(|(r, _)| r)
     }
 
@@ -622,7 +623,7 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
                     }
                 }
                 Ok(Some(l)) => {
-                    self.recent().put(key, l.record.clone());
+                    self.recent().put(key, Arc::clone(&l.record));
                     return Ok(Some(Loaded {
                         record: l.record,
                         version: tag(FROM_PRIMARY, l.version),
@@ -657,7 +658,7 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
         if !self.is_on_fallback() {
             match self.inner.primary.create(key, record).await {
                 Ok(Created::Created) => {
-                    self.recent().put(key, record.clone());
+                    self.recent().put(key, Arc::new(record.clone()));
                     return Ok(Created::Created);
                 }
                 Err(e) if e.is_unavailable() => self.note_failure(&e),
@@ -671,7 +672,7 @@ impl<P: ManagedStore, F: ManagedStore> SessionStore for FailoverStore<P, F> {
         &self,
         key: &StoreKey,
         base: &Version,
-        ours: &Record,
+        ours: &Arc<Record>,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         if !self.is_on_fallback() {

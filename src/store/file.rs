@@ -778,9 +778,10 @@ impl SessionStore for FileStore {
         let key = *key;
         self.locked(&key.clone(), move |inner| {
             let now = inner.cfg.clock.now();
-            Ok(inner
-                .live(&key, now)?
-                .map(|(record, _, version)| Loaded { record, version }))
+            Ok(inner.live(&key, now)?.map(|(record, _, version)| Loaded {
+                record: Arc::new(record),
+                version,
+            }))
         })
         .await
     }
@@ -809,7 +810,7 @@ impl SessionStore for FileStore {
         &self,
         key: &StoreKey,
         base: &Version,
-        ours: &Record,
+        ours: &Arc<Record>,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         let key = *key;

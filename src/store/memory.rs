@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Debug)]
 struct Entry {
-    record: Record,
+    /// Shared with the sessions that loaded it and the one that saved it; never changed in place
+    /// while shared (a merge copies it first).
+    record: Arc<Record>,
     /// Made when the entry is written, so a load hands out a clone of it (no formatting, no allocation).
     version: Version,
 }
@@ -167,7 +169,7 @@ impl SessionStore for MemoryStore {
         map.insert(
             *key,
             Entry {
-                record: record.clone(),
+                record: Arc::new(record.clone()),
                 version,
             },
         );
@@ -178,7 +180,7 @@ impl SessionStore for MemoryStore {
         &self,
         key: &StoreKey,
         base: &Version,
-        ours: &Record,
+        ours: &Arc<Record>,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         let now = self.inner.clock.now();
@@ -192,10 +194,10 @@ impl SessionStore for MemoryStore {
             return Ok(Saved::Gone);
         }
         if *base == entry.version {
-            entry.record = ours.clone();
+            entry.record = Arc::clone(ours);
         } else {
             crate::metrics::Metrics::global().count(crate::metrics::Event::SaveConflict);
-            entry.record.merge(changes, ours);
+            Arc::make_mut(&mut entry.record).merge(changes, ours);
         }
         entry.version = version;
         Ok(Saved::Saved)
@@ -379,6 +381,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn loads_share_the_stored_record_and_no_change_reaches_it_in_place() {
+        let store = MemoryStore::new();
+        let key = Token::generate().store_key();
+        let rec = record(crate::expiry::SystemClock.now(), Duration::from_secs(60));
+        store.create(&key, &rec).await.unwrap();
+        let a = store.load(&key).await.unwrap().unwrap();
+        let b = store.load(&key).await.unwrap().unwrap();
+        assert!(
+            Arc::ptr_eq(&a.record, &b.record),
+            "a read copied the record"
+        );
+
+        // A request changes its view: copied on write, the stored record stays as it was.
+        let mut ours = Arc::clone(&a.record);
+        Arc::make_mut(&mut ours)
+            .data
+            .insert("x".into(), serde_json::json!(1));
+        let stored = store.load(&key).await.unwrap().unwrap();
+        assert!(!stored.record.data.contains_key("x"));
+
+        // Saved, the store keeps that very record ...
+        let mut changes = ChangeSet::default();
+        changes
+            .entries
+            .insert("x".into(), Some(serde_json::json!(1)));
+        let saved = store.save(&key, &a.version, &ours, &changes).await.unwrap();
+        assert_eq!(saved, Saved::Saved);
+        let after = store.load(&key).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&after.record, &ours));
+        // ... and a later change through it (a handler's clone of the session outliving its
+        // request) copies again instead of writing into the store behind its back.
+        Arc::make_mut(&mut ours)
+            .data
+            .insert("y".into(), serde_json::json!(2));
+        let last = store.load(&key).await.unwrap().unwrap();
+        assert!(last.record.data.contains_key("x"));
+        assert!(!last.record.data.contains_key("y"));
+
+        // A merge (the base version is stale) copies the shared record before changing it.
+        let mut other = ChangeSet::default();
+        other.entries.insert("z".into(), Some(serde_json::json!(3)));
+        let held = Arc::clone(&last.record);
+        store.save(&key, &a.version, &ours, &other).await.unwrap();
+        assert!(
+            !held.data.contains_key("z"),
+            "a merge changed a shared record"
+        );
+        assert!(store
+            .load(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .data
+            .contains_key("z"));
+    }
+
+    #[tokio::test]
     async fn a_save_after_delete_does_not_resurrect() {
         let store = MemoryStore::new();
         let key = Token::generate().store_key();
@@ -387,7 +447,7 @@ mod tests {
         let base = store.load(&key).await.unwrap().unwrap().version;
         assert!(store.delete(&key).await.unwrap());
         let saved = store
-            .save(&key, &base, &rec, &ChangeSet::default())
+            .save(&key, &base, &Arc::new(rec), &ChangeSet::default())
             .await
             .unwrap();
         assert_eq!(saved, Saved::Gone);

@@ -235,13 +235,16 @@ pub(crate) async fn assert_stale_saves_merge<S: SessionStore>(
         let mut ours = rec.clone();
         changes.apply(&mut ours.data);
         assert_eq!(
-            store.save(&key, &base, &ours, &changes).await.unwrap(),
+            store
+                .save(&key, &base, &std::sync::Arc::new(ours), &changes)
+                .await
+                .unwrap(),
             Saved::Saved
         );
     }
     let loaded = store.load(&key).await.unwrap().unwrap();
     assert_eq!(
-        Value::Object(loaded.record.data),
+        Value::Object(loaded.record.data.clone()),
         serde_json::json!({"n": 1, "x": "x", "y": "y"})
     );
     assert_ne!(loaded.version, base);
@@ -331,10 +334,15 @@ impl fmt::Debug for Version {
 }
 
 /// A record as loaded, with the version to save against.
+///
+/// The record is shared: a store that keeps records in memory (the memory store, the Redis read cache)
+/// hands out its own copy without cloning it, and the session copies it only when the request changes
+/// something ([`Arc::make_mut`](std::sync::Arc::make_mut)). A read therefore costs the same whatever
+/// the session holds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loaded {
     /// The stored record.
-    pub record: Record,
+    pub record: std::sync::Arc<Record>,
     /// Its version.
     pub version: Version,
 }
@@ -524,13 +532,14 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Applies `changes` to the stored session. `ours` is the request's view (the loaded record with
     /// `changes` applied and its timestamps refreshed); when the stored version is still `base`, a store
-    /// may write `ours` as it is. Otherwise it merges `changes` into the current record
+    /// may write `ours` as it is (a store that keeps records in memory keeps this `Arc`: the session
+    /// never changes a shared record in place). Otherwise it merges `changes` into the current record
     /// ([`Record::merge`]). Answers [`Saved::Gone`], writing nothing, when the session no longer exists.
     fn save(
         &self,
         key: &StoreKey,
         base: &Version,
-        ours: &Record,
+        ours: &std::sync::Arc<Record>,
         changes: &ChangeSet,
     ) -> impl Future<Output = Result<Saved, StoreError>> + Send;
 
@@ -731,7 +740,7 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         &'a self,
         key: &'a StoreKey,
         base: &'a Version,
-        ours: &'a Record,
+        ours: &'a std::sync::Arc<Record>,
         changes: &'a ChangeSet,
     ) -> BoxFuture<'a, Result<Saved, StoreError>>;
     fn delete<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<bool, StoreError>>;
@@ -825,7 +834,7 @@ impl<S: SessionStore> DynStore for S {
         &'a self,
         key: &'a StoreKey,
         base: &'a Version,
-        ours: &'a Record,
+        ours: &'a std::sync::Arc<Record>,
         changes: &'a ChangeSet,
     ) -> BoxFuture<'a, Result<Saved, StoreError>> {
         Box::pin(instrumented(
@@ -872,7 +881,7 @@ impl<S: SessionStore> SessionStore for std::sync::Arc<S> {
         &self,
         key: &StoreKey,
         base: &Version,
-        ours: &Record,
+        ours: &std::sync::Arc<Record>,
         changes: &ChangeSet,
     ) -> impl Future<Output = Result<Saved, StoreError>> + Send {
         (**self).save(key, base, ours, changes)

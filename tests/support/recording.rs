@@ -67,7 +67,7 @@ impl<S: SessionStore> SessionStore for Recording<S> {
         &self,
         key: &StoreKey,
         base: &Version,
-        ours: &Record,
+        ours: &std::sync::Arc<Record>,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         self.log(Call::Save(*key))?;

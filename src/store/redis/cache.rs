@@ -518,7 +518,7 @@ mod tests {
     fn loaded(v: &str) -> Loaded {
         let t = Timestamp::from_millis(1);
         Loaded {
-            record: Record {
+            record: std::sync::Arc::new(Record {
                 created_at: t,
                 last_access: t,
                 expires: t,
@@ -526,7 +526,7 @@ mod tests {
                 user_agent: None,
                 user: None,
                 data: Default::default(),
-            },
+            }),
             version: Version::new(v),
         }
     }

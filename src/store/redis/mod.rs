@@ -666,7 +666,7 @@ impl SessionStore for RedisStore {
         &self,
         key: &StoreKey,
         base: &Version,
-        ours: &Record,
+        ours: &Arc<Record>,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         let rkey = self.redis_key(key);
@@ -778,7 +778,7 @@ impl SessionStore for RedisStore {
                     merged.merge(changes, ours);
                     kept = merged.expires == stored_expires;
                     expected = version_for(&current);
-                    record = std::borrow::Cow::Owned(merged);
+                    record = std::borrow::Cow::Owned(Arc::new(merged));
                 }
             }
             // Contended: let the other writers through before trying again. A random pause spreads a
@@ -864,7 +864,7 @@ impl RedisStore {
         keys: &[&str],
         args: &[SaveArg<'_>],
         json: &[u8],
-        record: &Record,
+        record: &Arc<Record>,
         uncache: &cache::Uncache<'_>,
     ) -> Option<Result<SaveReply, StoreError>> {
         let cache = self.inner.cache.as_ref()?;
@@ -883,7 +883,7 @@ impl RedisStore {
                 // Stored exactly as sent, and tracked again by the script: unless an invalidation
                 // arrived meanwhile (the ticket says), this is what Redis holds.
                 let saved = Loaded {
-                    record: record.clone(),
+                    record: Arc::clone(record),
                     version: version_for(json),
                 };
                 cache.finish(ticket, Some(&saved));
@@ -921,7 +921,7 @@ impl RedisStore {
         match Record::from_json(&raw) {
             Ok(record) if record.is_expired(self.inner.config.clock.now()) => Ok(None),
             Ok(record) => Ok(Some(Loaded {
-                record,
+                record: Arc::new(record),
                 version: version_for(&raw),
             })),
             Err(e) => {
