@@ -380,12 +380,18 @@ mod tests {
         crate::store::assert_stale_saves_merge(&store, crate::expiry::SystemClock.now()).await;
     }
 
-    #[tokio::test]
-    async fn loads_share_the_stored_record_and_no_change_reaches_it_in_place() {
+    /// A store holding one live session: the store, its key and the record created.
+    async fn one_session() -> (MemoryStore, StoreKey, Record) {
         let store = MemoryStore::new();
         let key = Token::generate().store_key();
         let rec = record(crate::expiry::SystemClock.now(), Duration::from_secs(60));
         store.create(&key, &rec).await.unwrap();
+        (store, key, rec)
+    }
+
+    #[tokio::test]
+    async fn loads_share_the_stored_record_and_no_change_reaches_it_in_place() {
+        let (store, key, _) = one_session().await;
         let a = store.load(&key).await.unwrap().unwrap();
         let b = store.load(&key).await.unwrap().unwrap();
         assert!(
@@ -440,10 +446,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_save_after_delete_does_not_resurrect() {
-        let store = MemoryStore::new();
-        let key = Token::generate().store_key();
-        let rec = record(crate::expiry::SystemClock.now(), Duration::from_secs(60));
-        store.create(&key, &rec).await.unwrap();
+        let (store, key, rec) = one_session().await;
         let base = store.load(&key).await.unwrap().unwrap().version;
         assert!(store.delete(&key).await.unwrap());
         let saved = store
