@@ -291,13 +291,13 @@ impl Version {
     /// A version with the given text.
     pub fn new(v: impl AsRef<str>) -> Self {
         let text = v.as_ref();
-        match u8::try_from(text.len()) {
-            Ok(len) if text.len() <= Self::INLINE => {
-                let mut buf = [0u8; Self::INLINE];
-                buf[..text.len()].copy_from_slice(text.as_bytes());
-                Version(VersionText::Inline(len, buf))
-            }
-            _ => Version(VersionText::Shared(std::sync::Arc::from(text))),
+        if text.len() <= Self::INLINE {
+            let mut buf = [0u8; Self::INLINE];
+            buf[..text.len()].copy_from_slice(text.as_bytes());
+            // At most `INLINE` (30): fits a byte.
+            Version(VersionText::Inline(text.len() as u8, buf))
+        } else {
+            Version(VersionText::Shared(std::sync::Arc::from(text)))
         }
     }
 
@@ -336,9 +336,9 @@ impl fmt::Debug for Version {
 /// A record as loaded, with the version to save against.
 ///
 /// The record is shared: a store that keeps records in memory (the memory store, the Redis read cache)
-/// hands out its own copy without cloning it, and the session copies it only when the request changes
-/// something ([`Arc::make_mut`](std::sync::Arc::make_mut)). A read therefore costs the same whatever
-/// the session holds.
+/// hands out the record it keeps without copying it, and the session copies it only when the request
+/// changes something ([`Arc::make_mut`](std::sync::Arc::make_mut)). A read therefore costs the same
+/// whatever the session holds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loaded {
     /// The stored record.
