@@ -5,9 +5,9 @@
 //! the session no longer (Redis through the key's TTL, files through the expiry written inside them).
 //!
 //! A read-only request changes nothing, so by default it writes nothing either. To keep an active session
-//! from idling out, the layer *touches* it, but only once `touch_after` of the idle window has passed
-//! since the last write (a quarter by default): a user clicking around does one small write per few
-//! minutes, not one per request.
+//! from idling out, the layer *touches* it, but only once its expiry can move by a fraction of the idle
+//! window (a quarter by default, [`Expiry::with_touch_after`]): a user clicking around does one small
+//! write per few minutes, not one per request.
 //!
 //! Time comes from a [`Clock`], so tests can move it without sleeping:
 //!
@@ -50,6 +50,11 @@ impl Timestamp {
             self.0
                 .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         )
+    }
+
+    /// The moment one millisecond later (saturating): the least a new version of a record may be.
+    pub const fn next(self) -> Self {
+        Timestamp(self.0.saturating_add(1))
     }
 
     /// How long from `now` until this moment; zero when it has passed.
@@ -148,35 +153,92 @@ impl Clock for ManualClock {
 /// A shared clock handle, as the layer and the stores hold it.
 pub type SharedClock = Arc<dyn Clock>;
 
-/// The timeouts of a session.
+/// The system clock, shared.
+pub fn system_clock() -> SharedClock {
+    static SYSTEM: std::sync::OnceLock<SharedClock> = std::sync::OnceLock::new();
+    SYSTEM.get_or_init(|| Arc::new(SystemClock)).clone()
+}
+
+/// The timeouts a layer gives its sessions: idle and absolute, and how often a request may move the
+/// expiry. A session may override the idle timeout and the absolute end for itself ("remember me", see
+/// [`Session::set_idle_timeout`](crate::Session::set_idle_timeout)).
+///
+/// ```
+/// use sessionforge::expiry::Expiry;
+/// use std::time::Duration;
+///
+/// let e = Expiry::new(Duration::from_secs(30 * 60), Duration::from_secs(8 * 3600)).with_touch_after(0.5);
+/// assert_eq!(e.idle(), Duration::from_secs(1800));
+/// assert_eq!(e.touch_after(), 0.5);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Expiry {
-    /// How long a session lives after its last use.
-    pub idle: Duration,
-    /// How long a session lives after it was created, however busy.
-    pub absolute: Duration,
-    /// How far (in per-mille of `idle`) a session's expiry must be able to move before a request
-    /// refreshes it: 250 (a quarter) by default, so an active session's expiry, its TTL, its index
-    /// entry and its cookie's `Max-Age` are rewritten about once a quarter of the idle window rather
-    /// than on every request; 0 refreshes on every request.
-    pub touch_after_permille: u16,
+    idle: Duration,
+    absolute: Duration,
+    /// How far, in thousandths of the idle window, the expiry must be able to move before a request
+    /// moves it.
+    touch_permille: u16,
 }
 
 impl Default for Expiry {
     /// 24 hours idle, 7 days absolute, touch after a quarter of the idle window.
     fn default() -> Self {
-        Expiry {
-            idle: Duration::from_secs(24 * 3600),
-            absolute: Duration::from_secs(7 * 24 * 3600),
-            touch_after_permille: 250,
-        }
+        Expiry::new(
+            Duration::from_secs(24 * 3600),
+            Duration::from_secs(7 * 24 * 3600),
+        )
     }
 }
 
 impl Expiry {
-    /// When a session created at `created` and last used at `now` ends: the earlier of the two limits.
-    pub fn expires_at(&self, created: Timestamp, now: Timestamp) -> Timestamp {
-        now.plus(self.idle).min(self.deadline(created))
+    /// `idle` after the last use, `absolute` after creation at the latest; the expiry moves once it
+    /// can move by a quarter of the idle window.
+    pub fn new(idle: Duration, absolute: Duration) -> Self {
+        Expiry {
+            idle,
+            absolute,
+            touch_permille: 250,
+        }
+    }
+
+    /// The same with another idle timeout.
+    #[must_use]
+    pub fn with_idle(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// The same with another absolute timeout.
+    #[must_use]
+    pub fn with_absolute(mut self, absolute: Duration) -> Self {
+        self.absolute = absolute;
+        self
+    }
+
+    /// How far, as a fraction of the idle window (0.0 to 1.0), a session's expiry must be able to move
+    /// before a request moves it (default 0.25). Until then a read-only request writes nothing, and a
+    /// request that changes data saves it without moving the expiry, so no `Set-Cookie` is sent and a
+    /// store's expiry index is left alone. 0.0 moves it on every request that uses the session.
+    #[must_use]
+    pub fn with_touch_after(mut self, fraction: f64) -> Self {
+        let fraction = if fraction.is_nan() { 0.25 } else { fraction };
+        self.touch_permille = (fraction.clamp(0.0, 1.0) * 1000.0).round() as u16;
+        self
+    }
+
+    /// The idle timeout.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// The absolute timeout.
+    pub fn absolute(&self) -> Duration {
+        self.absolute
+    }
+
+    /// The touch fraction (see [`Expiry::with_touch_after`]).
+    pub fn touch_after(&self) -> f64 {
+        f64::from(self.touch_permille) / 1000.0
     }
 
     /// The absolute end of a session created at `created`.
@@ -184,38 +246,51 @@ impl Expiry {
         created.plus(self.absolute)
     }
 
-    /// Whether a request at `now` should move the expiry of a session that now expires at `expires`
-    /// (and ends for good at `deadline`): when the new expiry would be at least the touch window later.
-    /// The same rule for reads and writes, so a busy session's expiry (and with it its cookie) is
-    /// rewritten once a window, not on every request. Near the deadline the expiry cannot move, so it
-    /// is never due. An expiry later than a refresh would set (the idle timeout was shortened since,
-    /// or the stored value says so) is due at once: a request never leaves a session expiring more
-    /// than the idle timeout after it.
+    /// The idle timeout of `record`: its own, or the layer's.
+    pub fn idle_of(&self, record: &crate::store::Record) -> Duration {
+        record.idle_timeout.unwrap_or(self.idle)
+    }
+
+    /// When `record`, used at `now`, expires: its idle timeout from now, but never past its deadline.
+    pub fn expires_at(&self, record: &crate::store::Record, now: Timestamp) -> Timestamp {
+        now.plus(self.idle_of(record)).min(record.deadline)
+    }
+
+    /// Whether a request at `now` should move `record`'s expiry: when the new expiry would be at least
+    /// the touch window later. The same rule for reads and writes, so a busy session's expiry (and with
+    /// it its cookie) is rewritten once a window, not on every request. Near the deadline the expiry
+    /// cannot move, so it is never due. An expiry later than a refresh would set (the idle timeout was
+    /// shortened since) is due at once: a request never leaves a session expiring more than its idle
+    /// timeout after it.
     ///
     /// ```
     /// use sessionforge::expiry::{Expiry, Timestamp};
+    /// use sessionforge::store::Record;
     /// use std::time::Duration;
-    /// let e = Expiry { idle: Duration::from_secs(100), absolute: Duration::from_secs(1000), touch_after_permille: 250 };
-    /// let deadline = Timestamp::from_millis(1_000_000);
-    /// let expires = Timestamp::from_millis(100_000); // written at 0
-    /// assert!(!e.refresh_due(expires, deadline, Timestamp::from_millis(24_999)));
-    /// assert!(e.refresh_due(expires, deadline, Timestamp::from_millis(25_000)));
+    ///
+    /// let e = Expiry::new(Duration::from_secs(100), Duration::from_secs(1000));
+    /// let written_at_0 = Record::new(Timestamp::from_millis(0), Timestamp::from_millis(100_000), Timestamp::from_millis(1_000_000));
+    /// assert!(!e.refresh_due(&written_at_0, Timestamp::from_millis(24_999)));
+    /// assert!(e.refresh_due(&written_at_0, Timestamp::from_millis(25_000)));
     /// ```
-    pub fn refresh_due(&self, expires: Timestamp, deadline: Timestamp, now: Timestamp) -> bool {
-        let target = now.plus(self.idle).min(deadline);
-        self.touch_after_permille == 0
-            || expires.as_millis() > target.as_millis()
-            || target.as_millis() - expires.as_millis() >= self.touch_window_ms()
-    }
-
-    fn touch_window_ms(&self) -> u64 {
-        self.idle.as_millis() as u64 * u64::from(self.touch_after_permille) / 1000
+    pub fn refresh_due(&self, record: &crate::store::Record, now: Timestamp) -> bool {
+        let idle = self.idle_of(record);
+        let target = now.plus(idle).min(record.deadline);
+        let window = (idle
+            .as_millis()
+            .saturating_mul(u128::from(self.touch_permille))
+            / 1000)
+            .min(u128::from(u64::MAX)) as u64;
+        self.touch_permille == 0
+            || record.expires > target
+            || target.as_millis() - record.expires.as_millis() >= window
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Record;
 
     #[test]
     fn the_system_clock_is_the_wall_clock_in_milliseconds() {
@@ -233,61 +308,78 @@ mod tests {
         );
     }
 
-    /// Idle and absolute timeouts in seconds, touching after a quarter of the idle window.
-    fn quarter(idle: u64, absolute: u64) -> Expiry {
-        Expiry {
-            idle: Duration::from_secs(idle),
-            absolute: Duration::from_secs(absolute),
-            touch_after_permille: 250,
-        }
+    /// A record written at `written_ms` under `e`, ending for good at `deadline_ms`.
+    fn written(e: &Expiry, written_ms: u64, deadline_ms: u64) -> Record {
+        let at = Timestamp::from_millis(written_ms);
+        let deadline = Timestamp::from_millis(deadline_ms);
+        Record::new(at, at.plus(e.idle()), deadline)
     }
 
     #[test]
     fn expiry_is_the_earlier_of_idle_and_absolute() {
-        let e = quarter(60, 100);
-        let created = Timestamp::from_millis(0);
-        assert_eq!(e.expires_at(created, created).as_millis(), 60_000);
+        let e = Expiry::new(Duration::from_secs(60), Duration::from_secs(100));
+        let r = written(&e, 0, e.deadline(Timestamp::from_millis(0)).as_millis());
+        assert_eq!(r.expires.as_millis(), 60_000);
         assert_eq!(
-            e.expires_at(created, Timestamp::from_millis(70_000))
-                .as_millis(),
+            e.expires_at(&r, Timestamp::from_millis(70_000)).as_millis(),
             100_000
         );
     }
 
     #[test]
+    fn a_session_of_its_own_idle_timeout_expires_by_it() {
+        let e = Expiry::new(Duration::from_secs(60), Duration::from_secs(100_000));
+        let mut r = written(&e, 0, 100_000_000);
+        r.idle_timeout = Some(Duration::from_secs(3600));
+        assert_eq!(
+            e.expires_at(&r, Timestamp::from_millis(0)).as_millis(),
+            3_600_000
+        );
+        // Its own idle window decides when a refresh is due too.
+        r.expires = Timestamp::from_millis(3_600_000);
+        assert!(!e.refresh_due(&r, Timestamp::from_millis(800_000)));
+        assert!(e.refresh_due(&r, Timestamp::from_millis(900_000)));
+    }
+
+    #[test]
     fn a_refresh_is_due_when_the_expiry_would_move_by_the_window_and_never_past_the_deadline() {
-        let e = quarter(100, 1000);
-        let deadline = Timestamp::from_millis(1_000_000);
+        let e = Expiry::new(Duration::from_secs(100), Duration::from_secs(1000));
         // Written at 10 s: expires at 110 s.
-        let expires = Timestamp::from_millis(110_000);
-        assert!(!e.refresh_due(expires, deadline, Timestamp::from_millis(34_999)));
-        assert!(e.refresh_due(expires, deadline, Timestamp::from_millis(35_000)));
+        let r = written(&e, 10_000, 1_000_000);
+        assert!(!e.refresh_due(&r, Timestamp::from_millis(34_999)));
+        assert!(e.refresh_due(&r, Timestamp::from_millis(35_000)));
         // Close to the deadline the expiry is the deadline and cannot move.
-        let at_deadline = Timestamp::from_millis(1_000_000);
-        assert!(!e.refresh_due(at_deadline, deadline, Timestamp::from_millis(990_000)));
+        let mut at_deadline = r.clone();
+        at_deadline.expires = Timestamp::from_millis(1_000_000);
+        assert!(!e.refresh_due(&at_deadline, Timestamp::from_millis(990_000)));
         // Moving less than the window towards the deadline is not due either.
-        assert!(!e.refresh_due(
-            Timestamp::from_millis(990_000),
-            deadline,
-            Timestamp::from_millis(995_000)
-        ));
+        at_deadline.expires = Timestamp::from_millis(990_000);
+        assert!(!e.refresh_due(&at_deadline, Timestamp::from_millis(995_000)));
         // An expiry further out than a refresh would set is pulled in at once.
-        assert!(e.refresh_due(
-            Timestamp::from_millis(u64::MAX),
-            deadline,
-            Timestamp::from_millis(10_000)
-        ));
-        assert!(e.refresh_due(
-            Timestamp::from_millis(200_000),
-            deadline,
-            Timestamp::from_millis(10_000)
-        ));
+        let mut far = r.clone();
+        far.expires = Timestamp::from_millis(u64::MAX);
+        assert!(e.refresh_due(&far, Timestamp::from_millis(10_000)));
+        far.expires = Timestamp::from_millis(200_000);
+        assert!(e.refresh_due(&far, Timestamp::from_millis(10_000)));
         // A window of 0 refreshes on every request.
-        let every = Expiry {
-            touch_after_permille: 0,
-            ..e
-        };
-        assert!(every.refresh_due(expires, deadline, Timestamp::from_millis(10_000)));
+        assert!(e
+            .with_touch_after(0.0)
+            .refresh_due(&r, Timestamp::from_millis(10_000)));
+    }
+
+    #[test]
+    fn the_touch_window_of_an_enormous_idle_timeout_does_not_overflow() {
+        let e = Expiry::new(Duration::MAX, Duration::MAX).with_touch_after(1.0);
+        let mut r = Record::new(
+            Timestamp::from_millis(0),
+            Timestamp::from_millis(u64::MAX),
+            Timestamp::from_millis(u64::MAX),
+        );
+        assert!(!e.refresh_due(&r, Timestamp::from_millis(5)));
+        r.expires = Timestamp::from_millis(5);
+        assert!(!e.refresh_due(&r, Timestamp::from_millis(10)));
+        assert_eq!(e.with_touch_after(f64::NAN).touch_after(), 0.25);
+        assert_eq!(e.with_touch_after(7.0).touch_after(), 1.0);
     }
 
     #[test]

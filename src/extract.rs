@@ -11,7 +11,8 @@
 //! }
 //! ```
 
-use crate::session::{Session, SessionError};
+use crate::error::SessionError;
+use crate::session::Session;
 use axum_core::extract::FromRequestParts;
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
@@ -32,7 +33,13 @@ impl std::error::Error for MissingSessionLayer {}
 
 impl IntoResponse for MissingSessionLayer {
     fn into_response(self) -> Response {
-        (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+        let body = serde_json::json!({ "error": self.to_string() }).to_string();
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -51,11 +58,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
 impl IntoResponse for SessionError {
     /// The same JSON the layer answers with: `{"error":"…"}` with 503, 413 or 500.
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.public_message() }).to_string();
         (
             self.status(),
-            [(http::header::CONTENT_TYPE, "application/json")],
-            body,
+            [
+                (http::header::CONTENT_TYPE, "application/json"),
+                (http::header::CACHE_CONTROL, "no-store"),
+            ],
+            self.json_body(),
         )
             .into_response()
     }

@@ -1,7 +1,9 @@
 //! [`ResponseFuture`]: calls the inner service, then saves the session and sets the token.
 
-use crate::layer::{Config, StoreErrorPolicy};
-use crate::session::{Outcome, Session, SessionError};
+use crate::commit::Outcome;
+use crate::config::{LayerConfig, StoreErrorPolicy};
+use crate::error::SessionError;
+use crate::session::Session;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::Response;
@@ -31,7 +33,7 @@ pin_project! {
             #[pin]
             fut: F,
             session: Option<Session>,
-            config: Arc<Config>,
+            config: Arc<LayerConfig>,
             grpc: bool,
         },
         // Saving the session; the response is inside.
@@ -42,7 +44,7 @@ pin_project! {
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    pub(crate) fn new(fut: F, session: Session, config: Arc<Config>, grpc: bool) -> Self {
+    pub(crate) fn new(fut: F, session: Session, config: Arc<LayerConfig>, grpc: bool) -> Self {
         ResponseFuture {
             state: State::Inner {
                 fut,
@@ -71,11 +73,16 @@ where
                     config,
                     grpc,
                 } => {
-                    let res = ready!(fut.poll(cx))?;
+                    let mut res = ready!(fut.poll(cx))?;
                     let session = session.take().expect("polled after completion");
-                    if !session.touched() || session.nothing_to_commit() {
-                        // The handler never used the session, or only read it: nothing to save or
-                        // send.
+                    if !session.touched() {
+                        // The handler never used the session: nothing to save or send.
+                        return Poll::Ready(Ok(res.map(SessionBody::inner)));
+                    }
+                    // It read session data: no shared cache may keep it for someone else.
+                    config.transport.mark_private(res.headers_mut());
+                    if session.nothing_to_commit() {
+                        // Only read: nothing to save or send.
                         return Poll::Ready(Ok(res.map(SessionBody::inner)));
                     }
                     // Counted from here, so a drain that starts now waits for this save.
@@ -93,7 +100,7 @@ where
 async fn finish<B>(
     res: Response<B>,
     session: Session,
-    config: Arc<Config>,
+    config: Arc<LayerConfig>,
     grpc: bool,
     _in_flight: Option<crate::shutdown::SaveGuard>,
 ) -> Response<SessionBody<B>> {
@@ -104,23 +111,29 @@ async fn finish<B>(
         Ok(Outcome::Send {
             token,
             expires,
+            persistent,
             fresh,
         }) => {
-            let now = config.clock.now();
+            // Measured after the store call, so the cookie's `Max-Age` is what is left then.
+            let now = config.session.clock.now();
             config.transport.send(
                 res.headers_mut(),
+                &*config.session.format,
                 &config.signer,
                 &token,
                 expires,
                 now,
+                persistent,
                 fresh,
             );
         }
         Ok(Outcome::Remove) => config.transport.remove(res.headers_mut()),
         Err(e) => {
-            tracing::error!(error = %e, "failed to save the session");
+            crate::log::save_failed(&e);
             if config.policy == StoreErrorPolicy::Fail {
-                return error_response(&e, grpc);
+                let mut err = error_response(&e, grpc);
+                config.transport.mark_private(err.headers_mut());
+                return err;
             }
         }
     }
@@ -142,8 +155,7 @@ pub(crate) fn error_response<B>(e: &SessionError, grpc: bool) -> Response<Sessio
         h.insert("grpc-message", HeaderValue::from_static(e.public_message()));
         return res;
     }
-    let body = serde_json::json!({ "error": e.public_message() }).to_string();
-    let mut res = Response::new(SessionBody::full(Bytes::from(body)));
+    let mut res = Response::new(SessionBody::full(Bytes::from(e.json_body())));
     *res.status_mut() = e.status();
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -1,15 +1,19 @@
 //! Session tokens and the store keys derived from them.
 //!
-//! A [`Token`] is what the client holds: 256 bits from the operating system's CSPRNG, written as 43
-//! characters of unpadded base64url. The server never stores it. Stores are keyed by a [`StoreKey`], the
-//! SHA-256 digest of the token (again 43 characters of base64url), so a Redis dump, a directory listing or
-//! the admin listing reveals nothing a client could present (the lesson of Rack's CVE-2019-16782).
+//! A [`Token`] is what the client holds. With the default [`Native`](crate::format::Native) format it
+//! is 256 bits from the operating system's CSPRNG, written as 43 characters of unpadded base64url, and
+//! the server never stores it: stores are keyed by a [`StoreKey`], the SHA-256 digest of the token, so a
+//! Redis dump, a directory listing or the admin listing reveals nothing a client could present (the
+//! lesson of Rack's CVE-2019-16782). Other formats derive keys their own way (see [`crate::format`]).
+//!
+//! Both are short runs of base64url characters (`A-Z a-z 0-9 - _`, at most [`MAX_LEN`]), kept inline:
+//! they cost no allocation, copy like integers and are safe as file names and Redis keys.
 //!
 //! ```
 //! use sessionforge::id::{StoreKey, Token};
 //!
 //! let token = Token::generate();
-//! assert_eq!(token.as_str().len(), Token::LEN);
+//! assert_eq!(token.as_str().len(), 43);
 //! // A token survives a round trip through its text form ...
 //! let parsed = Token::parse(token.as_str()).unwrap();
 //! assert_eq!(parsed.store_key(), token.store_key());
@@ -26,8 +30,8 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// Number of random bytes in a token.
-const TOKEN_BYTES: usize = 32;
+/// The longest token or store key, in characters.
+pub const MAX_LEN: usize = 64;
 
 /// Why a presented token or store key was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +39,7 @@ const TOKEN_BYTES: usize = 32;
 pub enum InvalidId {
     /// Wrong number of characters.
     Length,
-    /// A character outside the base64url alphabet.
+    /// A character outside the base64url alphabet (or, for a native token, a non-canonical last one).
     Alphabet,
 }
 
@@ -62,67 +66,113 @@ const B64URL: [u8; 256] = {
     t
 };
 
-/// 43 characters of base64url, the text of 32 bytes, kept inline: a token or a store key costs no
-/// allocation and copies like an integer.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Id43([u8; 43]);
+/// Up to [`MAX_LEN`] base64url characters, kept inline (the bytes past `len` are always zero, so the
+/// derived equality and hash are the text's).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Id {
+    len: u8,
+    text: [u8; MAX_LEN],
+}
 
-impl Id43 {
-    /// Checks `s`: exactly 43 characters, all base64url, and canonical (the last character carries two
-    /// padding bits, which must be zero, so one value has exactly one text).
-    fn parse(s: &str) -> Result<Self, InvalidId> {
-        let bytes: &[u8; 43] = s.as_bytes().try_into().map_err(|_| InvalidId::Length)?;
+impl Ord for Id {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for Id {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Id {
+    /// Checks that `s` is `min..=MAX_LEN` base64url characters.
+    fn parse(s: &str, min: usize) -> Result<Self, InvalidId> {
+        let bytes = s.as_bytes();
+        if bytes.len() < min || bytes.len() > MAX_LEN {
+            return Err(InvalidId::Length);
+        }
         if bytes.iter().any(|&b| B64URL[usize::from(b)] == 64) {
             return Err(InvalidId::Alphabet);
         }
-        if B64URL[usize::from(bytes[42])] & 0b11 != 0 {
-            return Err(InvalidId::Alphabet);
-        }
-        Ok(Id43(*bytes))
+        let mut text = [0u8; MAX_LEN];
+        text[..bytes.len()].copy_from_slice(bytes);
+        Ok(Id {
+            // At most MAX_LEN (64): fits a byte.
+            len: bytes.len() as u8,
+            text,
+        })
     }
 
-    /// The text of 32 bytes.
-    fn encode(raw: &[u8; 32]) -> Self {
-        let mut out = [0u8; 43];
+    /// The unpadded base64url text of `raw` (at most 48 bytes).
+    fn encode(raw: &[u8]) -> Self {
+        let mut text = [0u8; MAX_LEN];
         let written = URL_SAFE_NO_PAD
-            .encode_slice(raw, &mut out)
-            .expect("32 bytes are 43 characters of unpadded base64");
-        debug_assert_eq!(written, 43);
-        Id43(out)
+            .encode_slice(raw, &mut text)
+            .expect("at most 48 bytes fit 64 characters");
+        Id {
+            len: written as u8,
+            text,
+        }
     }
 
     fn as_str(&self) -> &str {
         // Only base64url (ASCII) is ever stored, so this cannot fail.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 
-/// The secret a client presents: 256 random bits as fixed-length base64url.
+/// Random bytes from the operating system's CSPRNG, as unpadded base64url.
+///
+/// # Panics
+///
+/// Only if the operating system has no random source at all, which no supported platform lacks; a
+/// session library that silently fell back to weaker randomness would be worse.
+fn random(bytes: usize) -> Id {
+    let mut buf = [0u8; 48];
+    let raw = &mut buf[..bytes.min(48)];
+    getrandom::fill(raw).expect("the operating system's random source is unavailable");
+    Id::encode(raw)
+}
+
+/// The secret a client presents: base64url characters, 43 of them (256 random bits) for the native
+/// format.
 ///
 /// `Debug` is redacted; the only ways to see the text are [`Token::as_str`] and [`Token::into_string`],
 /// which the transports use to write the cookie or header.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(Id43);
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Token(Id);
 
 impl Token {
-    /// Length of a token's text form.
-    pub const LEN: usize = 43;
-
-    /// A fresh token from the operating system's CSPRNG.
-    ///
-    /// # Panics
-    ///
-    /// Only if the operating system has no random source at all, which no supported platform lacks; a
-    /// session library that silently fell back to weaker randomness would be worse.
+    /// A fresh native token: 256 bits from the operating system's CSPRNG, 43 characters.
     pub fn generate() -> Self {
-        let mut bytes = [0u8; TOKEN_BYTES];
-        getrandom::fill(&mut bytes).expect("the operating system's random source is unavailable");
-        Token(Id43::encode(&bytes))
+        Token(random(32))
     }
 
-    /// Parses a presented token strictly: exactly [`Token::LEN`] base64url characters, canonical.
+    /// A fresh token of `bytes` random bytes (at most 48), written as base64url: what a format that
+    /// needs another length draws (express-session's sids are 24 bytes, 32 characters).
+    pub fn random(bytes: usize) -> Self {
+        Token(random(bytes))
+    }
+
+    /// Parses a presented native token strictly: exactly 43 base64url characters, canonical (the last
+    /// character carries two padding bits, which must be zero, so one value has exactly one text).
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        Id43::parse(s).map(Token)
+        if s.len() != 43 {
+            return Err(InvalidId::Length);
+        }
+        let id = Id::parse(s, 43)?;
+        if B64URL[usize::from(id.text[42])] & 0b11 != 0 {
+            return Err(InvalidId::Alphabet);
+        }
+        Ok(Token(id))
+    }
+
+    /// Parses a token of `min..=`[`MAX_LEN`] base64url characters, without the native format's exact
+    /// length: for formats whose tokens come from elsewhere (an express-session sid).
+    pub fn parse_loose(s: &str, min: usize) -> Result<Self, InvalidId> {
+        Id::parse(s, min.max(1)).map(Token)
     }
 
     /// The text to send to the client.
@@ -135,9 +185,9 @@ impl Token {
         self.as_str().to_owned()
     }
 
-    /// The key under which the store keeps this token's session: SHA-256 of the token, base64url.
+    /// The native store key of this token: its SHA-256 digest, as 43 base64url characters.
     pub fn store_key(&self) -> StoreKey {
-        StoreKey(Id43::encode(&Sha256::digest(self.0 .0).into()))
+        StoreKey(Id::encode(&Sha256::digest(self.as_str().as_bytes())))
     }
 }
 
@@ -147,20 +197,30 @@ impl fmt::Debug for Token {
     }
 }
 
-/// The key a store files a session under: the SHA-256 digest of its token, as 43 base64url characters.
+/// The key a store files a session under: 1 to [`MAX_LEN`] base64url characters. For the native
+/// format, the SHA-256 digest of the session's token (43 characters).
 ///
-/// Safe to log, list and use as a file name: it cannot be turned back into a token, and its alphabet has
-/// no path separators or dots. Ordered as its text is.
+/// Safe to log, list and use as a file name or a Redis key: its alphabet has no path separators, dots,
+/// spaces or glob characters. Ordered as its text is.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StoreKey(Id43);
+pub struct StoreKey(Id);
 
 impl StoreKey {
-    /// Length of a store key in characters.
-    pub const LEN: usize = 43;
-
-    /// Validates a store key given as text (an admin path segment, a file name).
+    /// Validates a store key given as text (an admin path segment, a file name, a Redis key's tail).
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        Id43::parse(s).map(StoreKey)
+        Id::parse(s, 1).map(StoreKey)
+    }
+
+    /// The key whose text is `token`'s (for formats that key sessions by the token itself).
+    pub fn of_token(token: &Token) -> Self {
+        StoreKey(token.0)
+    }
+
+    /// A key derived from arbitrary bytes: their SHA-256 digest, truncated to `bytes` (at most 32) and
+    /// written as base64url. For keys of a store's own (a marker that must not collide with sessions).
+    pub fn digest_of(data: &[u8], bytes: usize) -> Self {
+        let digest = Sha256::digest(data);
+        StoreKey(Id::encode(&digest[..bytes.clamp(1, 32)]))
     }
 
     /// The key's text.
@@ -181,6 +241,12 @@ impl fmt::Display for StoreKey {
     }
 }
 
+impl serde::Serialize for StoreKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,8 +256,9 @@ mod tests {
         let a = Token::generate();
         let b = Token::generate();
         assert_ne!(a, b);
-        assert_eq!(a.as_str().len(), Token::LEN);
+        assert_eq!(a.as_str().len(), 43);
         assert!(Token::parse(a.as_str()).is_ok());
+        assert_eq!(Token::random(24).as_str().len(), 32);
     }
 
     #[test]
@@ -232,7 +299,6 @@ mod tests {
                     strict,
                     "byte {b:#04x} at {pos}"
                 );
-                assert_eq!(StoreKey::parse(&text).is_ok(), strict);
             }
         }
         // A multi-byte character of the right byte length is refused, not sliced.
@@ -242,13 +308,40 @@ mod tests {
     }
 
     #[test]
+    fn loose_tokens_and_store_keys_take_any_base64url_run_up_to_the_limit() {
+        assert!(Token::parse_loose(&"a".repeat(32), 16).is_ok());
+        assert_eq!(
+            Token::parse_loose(&"a".repeat(15), 16),
+            Err(InvalidId::Length)
+        );
+        assert_eq!(
+            Token::parse_loose(&"a".repeat(MAX_LEN + 1), 16),
+            Err(InvalidId::Length)
+        );
+        assert_eq!(
+            Token::parse_loose("abc.defghijklmnopq", 16),
+            Err(InvalidId::Alphabet)
+        );
+        assert!(StoreKey::parse("x").is_ok());
+        assert_eq!(StoreKey::parse(""), Err(InvalidId::Length));
+        assert_eq!(StoreKey::parse("a/b"), Err(InvalidId::Alphabet));
+        let t = Token::parse_loose("abcdefghijklmnopqrstuvwxyz012345", 16).unwrap();
+        assert_eq!(StoreKey::of_token(&t).as_str(), t.as_str());
+        assert_eq!(StoreKey::digest_of(b"x", 16).as_str().len(), 22);
+    }
+
+    #[test]
     fn texts_round_trip_and_order_as_text() {
         let a = Token::generate().store_key();
         let b = Token::generate().store_key();
         assert_eq!(StoreKey::parse(a.as_str()), Ok(a));
         assert_eq!(a.cmp(&b), a.as_str().cmp(b.as_str()));
+        // Shorter keys order before their extensions, as text does.
+        let short = StoreKey::parse("ab").unwrap();
+        let long = StoreKey::parse("abc").unwrap();
+        assert!(short < long);
         let t = Token::generate();
-        assert_eq!(Token::parse(&t.clone().into_string()), Ok(t));
+        assert_eq!(Token::parse(&t.into_string()), Ok(t));
     }
 
     #[test]
@@ -257,7 +350,7 @@ mod tests {
         let k = t.store_key();
         assert_eq!(k, t.store_key());
         assert_ne!(k.as_str(), t.as_str());
-        assert_eq!(k.as_str().len(), StoreKey::LEN);
+        assert_eq!(k.as_str().len(), 43);
         assert!(StoreKey::parse(k.as_str()).is_ok());
     }
 

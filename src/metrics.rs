@@ -1,272 +1,298 @@
-//! Process-wide counters, rendered as Prometheus text by the admin service's `GET /metrics`.
+//! What the crate measures, through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`,
+//! on by default).
 //!
-//! Everything is a relaxed atomic: recording costs a few nanoseconds and never locks. The layer counts
-//! sessions and store errors; stores count their calls and time them; the failover store counts its
-//! transitions. Which backend serves now belongs to a store, not to the process: the admin service
-//! adds it (`sessionforge_store_mode`) from the store it serves.
+//! The crate only emits; the application installs the recorder it wants
+//! (`metrics-exporter-prometheus`, OpenTelemetry, statsd) and chooses its buckets. Without a recorder
+//! every call is a no-op. The djforge example installs the Prometheus exporter and serves its text at
+//! `/api/sessions/metrics` ([`AdminService::with_metrics`](crate::admin::AdminService::with_metrics)).
 //!
-//! ```
-//! use sessionforge::metrics::{Metrics, Op};
-//! use std::time::Duration;
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `sessionforge_sessions_created_total` | counter | | sessions stored for the first time |
+//! | `sessionforge_sessions_loaded_total` | counter | | stored sessions loaded by a request |
+//! | `sessionforge_sessions_saved_total` | counter | | change-sets and expiry refreshes saved |
+//! | `sessionforge_sessions_destroyed_total` | counter | | sessions ended (destroy, emptied, the per-user cap) |
+//! | `sessionforge_sessions_renewed_total` | counter | | sessions moved to a new token (`cycle_id`) |
+//! | `sessionforge_save_conflicts_total` | counter | | saves that met a concurrent writer and merged |
+//! | `sessionforge_invalid_tokens_total` | counter | `reason`: `malformed`, `unknown` | presented tokens refused (bad shape or signature) or not found |
+//! | `sessionforge_sessions_rejected_total` | counter | `reason`: `too_large`, `too_deep`, `other` | sessions not saved because of what the request put in them (a client's mistake, logged at most every 10 s) |
+//! | `sessionforge_store_errors_total` | counter | `kind`: `unavailable`, `timeout`, `full`, `corrupt`, `other` | failed store calls |
+//! | `sessionforge_store_call_duration_seconds` | histogram | `op`: `load`, `create`, `save`, `renew`, `delete`, … | store call latency (a call answered without waiting counts as 0) |
+//! | `sessionforge_failovers_total` | counter | | switches from the primary store to the fallback |
+//! | `sessionforge_failbacks_total` | counter | | switches back to the primary |
+//! | `sessionforge_store_mode` | gauge | `store`: the store's name | 1 for the store serving sessions now, 0 for the other |
+//! | `sessionforge_backend_up` | gauge | `backend`: e.g. `redis` | whether the failover store's primary answers its health check |
+//! | `sessionforge_sessions` | gauge | | sessions stored, set by the admin service when metrics are scraped |
 //!
-//! let m = Metrics::global();
-//! let before = m.render();
-//! m.observe_store_call(Op::Load, Duration::from_micros(300));
-//! assert!(m.render().contains("sessionforge_store_call_duration_seconds_count{op=\"load\"}"));
-//! # let _ = before;
-//! ```
+//! Call [`describe`] once after installing a recorder to register these descriptions with it.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-/// A store operation, for the latency histogram.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Op {
-    /// `load`.
-    Load,
-    /// `create`.
-    Create,
-    /// `save`.
-    Save,
-    /// `delete`.
-    Delete,
-}
+/// The counters of session events, by name (kept in one place for [`describe`]).
+const CREATED: &str = "sessionforge_sessions_created_total";
+const LOADED: &str = "sessionforge_sessions_loaded_total";
+const SAVED: &str = "sessionforge_sessions_saved_total";
+const DESTROYED: &str = "sessionforge_sessions_destroyed_total";
+const RENEWED: &str = "sessionforge_sessions_renewed_total";
+const CONFLICTS: &str = "sessionforge_save_conflicts_total";
+const INVALID_TOKENS: &str = "sessionforge_invalid_tokens_total";
+const REJECTED: &str = "sessionforge_sessions_rejected_total";
+const STORE_ERRORS: &str = "sessionforge_store_errors_total";
+const CALL_DURATION: &str = "sessionforge_store_call_duration_seconds";
+const FAILOVERS: &str = "sessionforge_failovers_total";
+const FAILBACKS: &str = "sessionforge_failbacks_total";
+const STORE_MODE: &str = "sessionforge_store_mode";
+const BACKEND_UP: &str = "sessionforge_backend_up";
+const SESSIONS: &str = "sessionforge_sessions";
 
-const OPS: [(Op, &str); 4] = [
-    (Op::Load, "load"),
-    (Op::Create, "create"),
-    (Op::Save, "save"),
-    (Op::Delete, "delete"),
-];
-
-/// Histogram bucket upper bounds, in microseconds.
-const BUCKETS_US: [u64; 10] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000,
-];
-
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS_US.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-/// The counters. One set per process: [`Metrics::global`].
-#[derive(Default)]
-pub struct Metrics {
-    sessions_created: AtomicU64,
-    sessions_loaded: AtomicU64,
-    sessions_saved: AtomicU64,
-    sessions_destroyed: AtomicU64,
-    sessions_renewed: AtomicU64,
-    save_conflicts: AtomicU64,
-    store_errors: AtomicU64,
-    failovers: AtomicU64,
-    failbacks: AtomicU64,
-    latency: [Histogram; OPS.len()],
-}
-
-/// Counters the layer and stores bump.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// A new session was stored.
-    Created,
-    /// A stored session was loaded.
-    Loaded,
-    /// A change-set (or a touch) was saved.
-    Saved,
-    /// A session was destroyed.
-    Destroyed,
-    /// A session got a new id.
-    Renewed,
-    /// A save found the stored session changed meanwhile and merged.
-    SaveConflict,
-    /// A store call failed.
-    StoreError,
-    /// The failover store switched from Redis to files.
-    Failover,
-    /// The failover store switched back to Redis.
-    Failback,
-}
-
-impl Metrics {
-    /// The process-wide counters.
-    pub fn global() -> &'static Metrics {
-        static GLOBAL: OnceLock<Metrics> = OnceLock::new();
-        GLOBAL.get_or_init(Metrics::default)
-    }
-
-    fn counter(&self, e: Event) -> &AtomicU64 {
-        match e {
-            Event::Created => &self.sessions_created,
-            Event::Loaded => &self.sessions_loaded,
-            Event::Saved => &self.sessions_saved,
-            Event::Destroyed => &self.sessions_destroyed,
-            Event::Renewed => &self.sessions_renewed,
-            Event::SaveConflict => &self.save_conflicts,
-            Event::StoreError => &self.store_errors,
-            Event::Failover => &self.failovers,
-            Event::Failback => &self.failbacks,
-        }
-    }
-
-    /// Counts one event.
-    pub fn count(&self, e: Event) {
-        self.counter(e).fetch_add(1, Relaxed);
-    }
-
-    /// The current value of an event counter.
-    pub fn get(&self, e: Event) -> u64 {
-        self.counter(e).load(Relaxed)
-    }
-
-    /// Calls observed for `op` and their summed time in µs (for tests).
-    #[cfg(test)]
-    pub(crate) fn latency(&self, op: Op) -> (u64, u64) {
-        let i = OPS.iter().position(|(o, _)| *o == op).unwrap_or(0);
-        let h = &self.latency[i];
-        (h.count.load(Relaxed), h.sum_us.load(Relaxed))
-    }
-
-    /// Records how long a store call took.
-    pub fn observe_store_call(&self, op: Op, took: Duration) {
-        let i = OPS.iter().position(|(o, _)| *o == op).unwrap_or(0);
-        let h = &self.latency[i];
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        if let Some(b) = BUCKETS_US.iter().position(|&le| us <= le) {
-            h.buckets[b].fetch_add(1, Relaxed);
-        }
-        h.count.fetch_add(1, Relaxed);
-        h.sum_us.fetch_add(us, Relaxed);
-    }
-
-    /// Prometheus text exposition (version 0.0.4).
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, Event); 9] = [
-            (
-                "sessionforge_sessions_created_total",
-                "Sessions created.",
-                Event::Created,
-            ),
-            (
-                "sessionforge_sessions_loaded_total",
-                "Stored sessions loaded.",
-                Event::Loaded,
-            ),
-            (
-                "sessionforge_sessions_saved_total",
-                "Session change-sets and touches saved.",
-                Event::Saved,
-            ),
-            (
-                "sessionforge_sessions_destroyed_total",
-                "Sessions destroyed.",
-                Event::Destroyed,
-            ),
-            (
-                "sessionforge_sessions_renewed_total",
-                "Session ids renewed.",
-                Event::Renewed,
-            ),
-            (
-                "sessionforge_save_conflicts_total",
-                "Saves that merged with a concurrent writer.",
-                Event::SaveConflict,
-            ),
-            (
-                "sessionforge_store_errors_total",
-                "Failed store calls.",
-                Event::StoreError,
-            ),
-            (
-                "sessionforge_failovers_total",
-                "Switches from Redis to the file fallback.",
-                Event::Failover,
-            ),
-            (
-                "sessionforge_failbacks_total",
-                "Switches from the file fallback back to Redis.",
-                Event::Failback,
-            ),
-        ];
-        for (name, help, e) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                self.get(e)
-            );
-        }
-        let name = "sessionforge_store_call_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Latency of session store calls.\n# TYPE {name} histogram"
+/// Registers the description of every metric above with the installed recorder.
+pub fn describe() {
+    #[cfg(feature = "metrics")]
+    {
+        use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+        describe_counter!(CREATED, "Sessions created.");
+        describe_counter!(LOADED, "Stored sessions loaded.");
+        describe_counter!(SAVED, "Session change-sets and expiry refreshes saved.");
+        describe_counter!(DESTROYED, "Sessions ended.");
+        describe_counter!(RENEWED, "Session ids renewed.");
+        describe_counter!(CONFLICTS, "Saves that merged with a concurrent writer.");
+        describe_counter!(
+            INVALID_TOKENS,
+            "Presented session tokens refused or unknown."
         );
-        for ((_, op), h) in OPS.iter().zip(&self.latency) {
-            let mut cumulative = 0;
-            for (le, b) in BUCKETS_US.iter().zip(&h.buckets) {
-                cumulative += b.load(Relaxed);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{op=\"{op}\",le=\"{}\"}} {cumulative}",
-                    *le as f64 / 1e6
-                );
-            }
-            let count = h.count.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{op=\"{op}\",le=\"+Inf\"}} {count}");
-            let _ = writeln!(
-                out,
-                "{name}_sum{{op=\"{op}\"}} {}",
-                h.sum_us.load(Relaxed) as f64 / 1e6
-            );
-            let _ = writeln!(out, "{name}_count{{op=\"{op}\"}} {count}");
-        }
-        out
+        describe_counter!(
+            REJECTED,
+            "Sessions not saved because of the request's data."
+        );
+        describe_counter!(STORE_ERRORS, "Failed session store calls.");
+        describe_histogram!(
+            CALL_DURATION,
+            Unit::Seconds,
+            "Latency of session store calls."
+        );
+        describe_counter!(
+            FAILOVERS,
+            "Switches from the primary store to the fallback."
+        );
+        describe_counter!(FAILBACKS, "Switches from the fallback back to the primary.");
+        describe_gauge!(
+            STORE_MODE,
+            "The store serving sessions now (1) and the other (0)."
+        );
+        describe_gauge!(BACKEND_UP, "Whether the primary store's backend answers.");
+        describe_gauge!(SESSIONS, "Sessions stored now.");
     }
 }
 
-#[cfg(test)]
+/// A session event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    Created,
+    Loaded,
+    Saved,
+    Destroyed,
+    Renewed,
+}
+
+/// Counts one session event.
+pub(crate) fn event(e: Event) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(match e {
+        Event::Created => CREATED,
+        Event::Loaded => LOADED,
+        Event::Saved => SAVED,
+        Event::Destroyed => DESTROYED,
+        Event::Renewed => RENEWED,
+    })
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = e;
+}
+
+/// Counts a session not saved because of what the request put in it.
+pub(crate) fn rejected(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(REJECTED, "reason" => reason).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
+}
+
+/// Counts a save that met a concurrent writer.
+pub(crate) fn save_conflict() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(CONFLICTS).increment(1);
+}
+
+/// Counts a presented token that was refused (`"malformed"`) or not found (`"unknown"`).
+pub(crate) fn invalid_token(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(INVALID_TOKENS, "reason" => reason).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
+}
+
+/// Records a store call's latency and, when it failed, its error kind.
+pub(crate) fn store_call(
+    op: &'static str,
+    took: Duration,
+    error: Option<&crate::store::StoreError>,
+) {
+    #[cfg(feature = "metrics")]
+    {
+        use crate::store::StoreError;
+        metrics::histogram!(CALL_DURATION, "op" => op).record(took.as_secs_f64());
+        if let Some(e) = error {
+            let kind = match e {
+                StoreError::Unavailable { .. } | StoreError::Indeterminate { .. } => "unavailable",
+                StoreError::Timeout { .. } => "timeout",
+                StoreError::Full { .. } => "full",
+                StoreError::Corrupt { .. } => "corrupt",
+                _ => "other",
+            };
+            metrics::counter!(STORE_ERRORS, "kind" => kind).increment(1);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (op, took, error);
+}
+
+/// Counts a failover (`to_fallback`) or a failback, and moves the store-mode gauge.
+pub(crate) fn transition(to_fallback: bool, primary: &'static str, fallback: &'static str) {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::counter!(if to_fallback { FAILOVERS } else { FAILBACKS }).increment(1);
+        store_mode(
+            if to_fallback { fallback } else { primary },
+            &[primary, fallback],
+        );
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (to_fallback, primary, fallback);
+}
+
+/// Sets the store-mode gauge: 1 for `serving`, 0 for the other stores named.
+pub(crate) fn store_mode(serving: &'static str, stores: &[&'static str]) {
+    #[cfg(feature = "metrics")]
+    for &s in stores {
+        metrics::gauge!(STORE_MODE, "store" => s).set(if s == serving { 1.0 } else { 0.0 });
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (serving, stores);
+}
+
+/// Sets whether the backend named `backend` answers.
+pub(crate) fn backend_up(backend: &'static str, up: bool) {
+    #[cfg(feature = "metrics")]
+    metrics::gauge!(BACKEND_UP, "backend" => backend).set(if up { 1.0 } else { 0.0 });
+    #[cfg(not(feature = "metrics"))]
+    let _ = (backend, up);
+}
+
+/// Sets the session-count gauge.
+pub(crate) fn sessions(n: u64) {
+    #[cfg(feature = "metrics")]
+    metrics::gauge!(SESSIONS).set(n as f64);
+    #[cfg(not(feature = "metrics"))]
+    let _ = n;
+}
+
+#[cfg(all(test, feature = "metrics"))]
+pub(crate) mod testing {
+    //! A per-test recorder: what the code under test emitted, with no global state.
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+    /// Installs a fresh recorder for this thread until the guard drops (tests on a current-thread
+    /// runtime), answering its snapshotter.
+    pub(crate) fn local() -> (Snapshotter, metrics::LocalRecorderGuard<'static>) {
+        let recorder = Box::leak(Box::new(DebuggingRecorder::new()));
+        let snapshotter = recorder.snapshotter();
+        (snapshotter, metrics::set_default_local_recorder(recorder))
+    }
+
+    /// What was emitted since the last look (a snapshot drains the recorder).
+    pub(crate) struct Observed(Vec<(metrics_util::CompositeKey, DebugValue)>);
+
+    /// Takes what was emitted so far.
+    pub(crate) fn take(s: &Snapshotter) -> Observed {
+        Observed(
+            s.snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(k, _, _, v)| (k, v))
+                .collect(),
+        )
+    }
+
+    impl Observed {
+        fn values<'a>(
+            &'a self,
+            name: &'a str,
+            labels: &'a [(&'a str, &'a str)],
+        ) -> impl Iterator<Item = &'a DebugValue> + 'a {
+            self.0
+                .iter()
+                .filter(move |(k, _)| {
+                    k.key().name() == name
+                        && labels.iter().all(|(n, v)| {
+                            k.key().labels().any(|l| l.key() == *n && l.value() == *v)
+                        })
+                })
+                .map(|(_, v)| v)
+        }
+
+        /// Counter `name` over the label sets that include `labels`, summed.
+        pub(crate) fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+            self.values(name, labels)
+                .map(|v| match v {
+                    DebugValue::Counter(c) => *c,
+                    _ => 0,
+                })
+                .sum()
+        }
+
+        /// The observations of histogram `name` whose labels include `labels`.
+        pub(crate) fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+            self.values(name, labels)
+                .flat_map(|v| match v {
+                    DebugValue::Histogram(h) => h.iter().map(|f| f.into_inner()).collect(),
+                    _ => Vec::new(),
+                })
+                .collect()
+        }
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
 mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative_and_count_matches() {
-        let m = Metrics::default();
-        m.observe_store_call(Op::Save, Duration::from_micros(50));
-        m.observe_store_call(Op::Save, Duration::from_millis(3));
-        m.observe_store_call(Op::Save, Duration::from_secs(5));
-        let text = m.render();
-        let line = |needle: &str| {
-            text.lines()
-                .find(|l| l.starts_with(needle))
-                .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
-                .rsplit(' ')
-                .next()
-                .unwrap()
-                .to_owned()
+    fn events_store_errors_and_latency_reach_the_installed_recorder_only() {
+        let (snap, _guard) = testing::local();
+        event(Event::Created);
+        event(Event::Created);
+        invalid_token("malformed");
+        let down = crate::store::StoreError::Timeout {
+            backend: "redis",
+            after: Duration::from_secs(1),
         };
-        let n = "sessionforge_store_call_duration_seconds";
+        store_call("load", Duration::from_millis(3), Some(&down));
+        store_call("load", Duration::ZERO, None);
+        let seen = testing::take(&snap);
+        assert_eq!(seen.counter(CREATED, &[]), 2);
+        assert_eq!(seen.counter(INVALID_TOKENS, &[("reason", "malformed")]), 1);
+        assert_eq!(seen.counter(STORE_ERRORS, &[("kind", "timeout")]), 1);
         assert_eq!(
-            line(&format!("{n}_bucket{{op=\"save\",le=\"0.0001\"}}")),
-            "1"
+            seen.histogram(CALL_DURATION, &[("op", "load")]),
+            vec![0.003, 0.0]
         );
-        assert_eq!(
-            line(&format!("{n}_bucket{{op=\"save\",le=\"0.005\"}}")),
-            "2"
-        );
-        assert_eq!(line(&format!("{n}_bucket{{op=\"save\",le=\"+Inf\"}}")), "3");
-        assert_eq!(line(&format!("{n}_count{{op=\"save\"}}")), "3");
-    }
-
-    #[test]
-    fn counters_are_rendered() {
-        let m = Metrics::default();
-        m.count(Event::Failover);
-        let text = m.render();
-        assert!(text.contains("sessionforge_failovers_total 1"));
+        // Another thread's recorder (another test) sees none of it.
+        let other = std::thread::spawn(|| {
+            let (snap, _guard) = testing::local();
+            testing::take(&snap).counter(CREATED, &[])
+        })
+        .join()
+        .unwrap();
+        assert_eq!(other, 0);
     }
 }

@@ -1,9 +1,8 @@
 //! [`SessionService`]: the middleware a [`SessionLayer`](crate::SessionLayer) wraps around a service.
 
+use crate::config::LayerConfig;
 use crate::future::ResponseFuture;
-use crate::layer::Config;
 use crate::session::Session;
-use crate::store::DynStore;
 use http::header::{CONTENT_TYPE, USER_AGENT};
 use http::{Request, Response};
 use std::sync::Arc;
@@ -18,8 +17,7 @@ use tower_service::Service;
 #[derive(Clone)]
 pub struct SessionService<S> {
     inner: S,
-    store: Arc<dyn DynStore>,
-    config: Arc<Config>,
+    config: Arc<LayerConfig>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for SessionService<S> {
@@ -31,12 +29,8 @@ impl<S: std::fmt::Debug> std::fmt::Debug for SessionService<S> {
 }
 
 impl<S> SessionService<S> {
-    pub(crate) fn new(inner: S, store: Arc<dyn DynStore>, config: Arc<Config>) -> Self {
-        SessionService {
-            inner,
-            store,
-            config,
-        }
+    pub(crate) fn new(inner: S, config: Arc<LayerConfig>) -> Self {
+        SessionService { inner, config }
     }
 
     /// The wrapped service.
@@ -60,14 +54,17 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let headers = req.headers();
-        let token = self.config.transport.extract(headers, &self.config.signer);
+        let config = &self.config;
+        let presented = config
+            .transport
+            .extract(headers, &*config.session.format, &config.signer);
         // Kept as the header value (a reference-counted clone) and turned into text only if a new
         // session is created.
         let user_agent = headers.get(USER_AGENT).cloned();
         let grpc = headers
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let session = Session::new(self.store.clone(), self.config.clone(), token, user_agent);
+        let session = Session::new(config.session.clone(), presented, user_agent);
         req.extensions_mut().insert(session.clone());
         ResponseFuture::new(self.inner.call(req), session, self.config.clone(), grpc)
     }

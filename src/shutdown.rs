@@ -1,4 +1,5 @@
-//! Graceful shutdown: stop background tasks, let in-flight saves finish, under a deadline.
+//! Graceful shutdown: stop background tasks, let in-flight saves finish, under a deadline. Built on
+//! tokio-util's [`CancellationToken`] (the signal) and [`TaskTracker`] (saves and tasks in flight).
 //!
 //! One [`Shutdown`] per process ties the pieces together:
 //!
@@ -29,17 +30,20 @@
 //! # }
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 
 struct Inner {
-    started: watch::Sender<bool>,
-    in_flight: AtomicUsize,
-    idle: Notify,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    started: CancellationToken,
+    /// Saves in flight, one token each.
+    saves: TaskTracker,
+    /// Registered background tasks (each tracked by a small waiter), and how to abort them.
+    tasks: TaskTracker,
+    aborts: Mutex<Vec<AbortHandle>>,
 }
 
 /// The process's shutdown coordinator. Cheap to clone; clones share one state.
@@ -65,6 +69,7 @@ impl std::fmt::Debug for Shutdown {
 
 /// What [`Shutdown::drain`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DrainReport {
     /// Saves still running when the deadline passed (0 when all finished).
     pub saves_abandoned: usize,
@@ -84,31 +89,27 @@ impl Shutdown {
     pub fn new() -> Self {
         Shutdown {
             inner: Arc::new(Inner {
-                started: watch::channel(false).0,
-                in_flight: AtomicUsize::new(0),
-                idle: Notify::new(),
-                tasks: Mutex::new(Vec::new()),
+                started: CancellationToken::new(),
+                saves: TaskTracker::new(),
+                tasks: TaskTracker::new(),
+                aborts: Mutex::new(Vec::new()),
             }),
         }
     }
 
     /// Begins shutting down: every [`Shutdown::signal`] resolves.
     pub fn trigger(&self) {
-        self.inner.started.send_replace(true);
+        self.inner.started.cancel();
     }
 
     /// Whether shutdown has begun.
     pub fn is_started(&self) -> bool {
-        *self.inner.started.borrow()
+        self.inner.started.is_cancelled()
     }
 
     /// Resolves once shutdown has begun (at once if it already has).
     pub fn signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.inner.started.subscribe();
-        async move {
-            // An error means the sender is gone, which only happens when every handle is dropped.
-            let _ = rx.wait_for(|started| *started).await;
-        }
+        self.inner.started.clone().cancelled_owned()
     }
 
     /// Triggers shutdown on SIGINT (Ctrl-C) or, on Unix, SIGTERM. Needs a Tokio runtime.
@@ -144,21 +145,23 @@ impl Shutdown {
     /// The task should stop by itself once [`Shutdown::signal`] resolves.
     pub fn register(&self, task: JoinHandle<()>) {
         self.inner
-            .tasks
+            .aborts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(task);
+            .push(task.abort_handle());
+        self.inner.tasks.spawn(async move {
+            let _ = task.await;
+        });
     }
 
     /// Saves in progress.
     pub fn in_flight(&self) -> usize {
-        self.inner.in_flight.load(Ordering::Acquire)
+        self.inner.saves.len()
     }
 
     /// Marks a save in progress until the guard drops.
     pub(crate) fn save_guard(&self) -> SaveGuard {
-        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        SaveGuard(self.inner.clone())
+        SaveGuard(self.inner.saves.token())
     }
 
     /// Triggers shutdown if it has not begun, waits up to `deadline` for in-flight saves and registered
@@ -166,25 +169,23 @@ impl Shutdown {
     pub async fn drain(&self, deadline: Duration) -> DrainReport {
         self.trigger();
         let end = tokio::time::Instant::now() + deadline;
-        loop {
-            let idle = self.inner.idle.notified();
-            if self.in_flight() == 0 {
-                break;
+        let inner = &self.inner;
+        inner.saves.close();
+        let _ = tokio::time::timeout_at(end, inner.saves.wait()).await;
+        let saves_abandoned = inner.saves.len();
+        inner.tasks.close();
+        let tasks_aborted = match tokio::time::timeout_at(end, inner.tasks.wait()).await {
+            Ok(()) => 0,
+            Err(_) => {
+                let aborts =
+                    std::mem::take(&mut *inner.aborts.lock().unwrap_or_else(|p| p.into_inner()));
+                let left = aborts.iter().filter(|a| !a.is_finished()).count();
+                for a in aborts {
+                    a.abort();
+                }
+                left
             }
-            if tokio::time::timeout_at(end, idle).await.is_err() {
-                break;
-            }
-        }
-        let saves_abandoned = self.in_flight();
-        let tasks =
-            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut tasks_aborted = 0;
-        for mut task in tasks {
-            if tokio::time::timeout_at(end, &mut task).await.is_err() {
-                task.abort();
-                tasks_aborted += 1;
-            }
-        }
+        };
         let report = DrainReport {
             saves_abandoned,
             tasks_aborted,
@@ -203,15 +204,7 @@ impl Shutdown {
 }
 
 /// Keeps a save counted as in flight while alive.
-pub(crate) struct SaveGuard(Arc<Inner>);
-
-impl Drop for SaveGuard {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
+pub(crate) struct SaveGuard(#[allow(dead_code)] TaskTrackerToken);
 
 #[cfg(test)]
 mod tests {

@@ -25,9 +25,11 @@
 //!   forces `Secure`, `Path=/` and no `Domain`; a configured domain is then ignored.
 
 use crate::expiry::Timestamp;
+use crate::format::Format;
 use crate::id::Token;
+use crate::session::Presented;
 use cookie::{Cookie, CookieJar, Key, SameSite};
-use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, COOKIE, SET_COOKIE};
+use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, COOKIE, SET_COOKIE, VARY};
 use http::HeaderMap;
 
 /// Presented cookie headers longer than this are not parsed (browsers send at most 4 KiB a cookie).
@@ -42,7 +44,6 @@ pub(crate) struct CookieSettings {
     pub(crate) secure: bool,
     pub(crate) http_only: bool,
     pub(crate) same_site: SameSite,
-    pub(crate) persistent: bool,
     pub(crate) host_prefix: bool,
 }
 
@@ -55,7 +56,6 @@ impl Default for CookieSettings {
             secure: true,
             http_only: true,
             same_site: SameSite::Lax,
-            persistent: true,
             host_prefix: false,
         }
     }
@@ -85,14 +85,13 @@ impl Signer {
         Signer { keys }
     }
 
-    /// The value to send for `token`: signed with the first key, or the token itself.
-    fn seal(&self, name: &str, token: &Token) -> String {
+    /// The value to send for a format's `value`: signed with the first key, or as it is.
+    fn seal(&self, name: &str, value: String) -> String {
         match self.keys.first() {
-            None => token.as_str().to_owned(),
+            None => value,
             Some(key) => {
                 let mut jar = CookieJar::new();
-                jar.signed_mut(key)
-                    .add(Cookie::new(name.to_owned(), token.as_str().to_owned()));
+                jar.signed_mut(key).add(Cookie::new(name.to_owned(), value));
                 jar.get(name)
                     .map(|c| c.value().to_owned())
                     .unwrap_or_default()
@@ -100,17 +99,35 @@ impl Signer {
         }
     }
 
-    /// The token inside a presented value, if its signature (when signing) and shape are right.
-    fn open(&self, name: &str, value: &str) -> Option<Token> {
+    /// The format's value inside a presented one, if its signature (when signing) is right.
+    fn open<'v>(&self, name: &str, value: &'v str) -> Option<std::borrow::Cow<'v, str>> {
         if self.keys.is_empty() {
-            return Token::parse(value).ok();
+            return Some(value.into());
         }
         let mut jar = CookieJar::new();
         jar.add_original(Cookie::new(name.to_owned(), value.to_owned()));
         self.keys
             .iter()
             .find_map(|k| jar.signed(k).get(name))
-            .and_then(|c| Token::parse(c.value()).ok())
+            .map(|c| c.value().to_owned().into())
+    }
+
+    /// The token of a presented value: the layer's signature checked (unless the format signs its
+    /// own tokens), then the format's own checks.
+    fn token(&self, format: &dyn Format, name: &str, value: &str) -> Option<Token> {
+        if format.signs_tokens() {
+            return format.open(value);
+        }
+        format.open(&self.open(name, value)?)
+    }
+
+    /// What to send for `token`.
+    fn value(&self, format: &dyn Format, name: &str, token: &Token) -> String {
+        if format.signs_tokens() {
+            format.seal(token)
+        } else {
+            self.seal(name, format.seal(token))
+        }
     }
 }
 
@@ -126,17 +143,28 @@ impl Transport {
         }
     }
 
-    /// The token the request carries, if it carries a valid one.
-    pub(crate) fn extract(&self, headers: &HeaderMap, signer: &Signer) -> Option<Token> {
-        match self {
+    /// What the request carries under the session's name: nothing, a token, or something that is not
+    /// a valid token (bad shape or signature).
+    pub(crate) fn extract(
+        &self,
+        headers: &HeaderMap,
+        format: &dyn Format,
+        signer: &Signer,
+    ) -> Presented {
+        let found = match self {
             Transport::Header(name) => {
                 let mut values = headers.get_all(name).iter();
-                let value = values.next()?;
+                let Some(value) = values.next() else {
+                    return Presented::Nothing;
+                };
                 if values.next().is_some() {
                     // Two tokens: ambiguous, so neither is trusted.
-                    return None;
+                    return Presented::Malformed;
                 }
-                signer.open(name.as_str(), value.to_str().ok()?)
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| signer.token(format, name.as_str(), v))
             }
             Transport::Cookie(s) => {
                 // `name=value` pairs split on `;` and trimmed, as `Cookie::split_parse` does, without
@@ -158,40 +186,78 @@ impl Transport {
                     .filter(|(n, _)| is_ours(n.trim()))
                     .map(|(_, v)| v.trim())
                     .peekable();
-                found.peek()?;
+                if found.peek().is_none() {
+                    return Presented::Nothing;
+                }
                 let name = Self::cookie_name(s);
                 // With duplicates (a cookie-tossing attempt, or a stale cookie on another path) the
                 // first one that verifies wins; the others are ignored.
-                found.find_map(|v| signer.open(&name, v))
+                found.find_map(|v| signer.token(format, &name, v))
+            }
+        };
+        match found {
+            Some(token) => Presented::Token(token),
+            None => {
+                crate::metrics::invalid_token("malformed");
+                Presented::Malformed
             }
         }
     }
 
-    /// Writes the token (new or refreshed) into the response headers.
+    /// Marks a response that read a session as private: `Cache-Control: no-store` unless the handler
+    /// chose its own, and `Vary: Cookie` when the token travels in a cookie.
+    pub(crate) fn mark_private(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key(CACHE_CONTROL) {
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        let vary = match self {
+            Transport::Cookie(_) => HeaderValue::from_static("cookie"),
+            Transport::Header(name) => match HeaderValue::from_str(name.as_str()) {
+                Ok(v) => v,
+                Err(_) => return,
+            },
+        };
+        let already = headers.get_all(VARY).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',').any(|f| {
+                    f.trim() == "*" || f.trim().eq_ignore_ascii_case(vary.to_str().unwrap_or(""))
+                })
+            })
+        });
+        if !already {
+            headers.append(VARY, vary);
+        }
+    }
+
+    /// Writes the token (new or refreshed) into the response headers. A persistent cookie's `Max-Age`
+    /// is the time left until `expires`, rounded up: a live session never gets `Max-Age=0`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn send(
         &self,
         headers: &mut HeaderMap,
+        format: &dyn Format,
         signer: &Signer,
         token: &Token,
         expires: Timestamp,
         now: Timestamp,
+        persistent: bool,
         fresh: bool,
     ) {
         match self {
             Transport::Header(name) => {
                 // API clients keep the token they were given; only a new one needs sending.
                 if fresh {
-                    if let Ok(v) = HeaderValue::from_str(&signer.seal(name.as_str(), token)) {
+                    if let Ok(v) =
+                        HeaderValue::from_str(&signer.value(format, name.as_str(), token))
+                    {
                         headers.insert(name.clone(), v);
                     }
                 }
             }
             Transport::Cookie(s) => {
                 let name = Self::cookie_name(s);
-                let value = signer.seal(&name, token);
-                let max_age = s
-                    .persistent
-                    .then(|| expires.remaining(now).as_secs() as i64);
+                let value = signer.value(format, &name, token);
+                let max_age = persistent.then(|| max_age(expires, now));
                 Self::append_set_cookie(headers, &Self::format_cookie(s, &name, &value, max_age));
             }
         }
@@ -271,9 +337,24 @@ impl Transport {
     }
 }
 
+/// Seconds from `now` until `expires`, rounded up; 0 only when it has passed.
+fn max_age(expires: Timestamp, now: Timestamp) -> i64 {
+    let ms = expires.remaining(now).as_millis();
+    i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Native;
+
+    /// The token `tr` finds in `h`, if it finds one.
+    fn tok(tr: &Transport, h: &HeaderMap, signer: &Signer) -> Option<Token> {
+        match tr.extract(h, &Native, signer) {
+            Presented::Token(t) => Some(t),
+            _ => None,
+        }
+    }
 
     fn cookie_headers(values: &[&[u8]]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -288,7 +369,7 @@ mod tests {
         let t = Token::generate();
         let tr = Transport::Cookie(CookieSettings::default());
         let h = cookie_headers(&[format!("a=b; id={}; c=d", t.as_str()).as_bytes()]);
-        assert_eq!(tr.extract(&h, &Signer::default()), Some(t));
+        assert_eq!(tok(&tr, &h, &Signer::default()), Some(t));
     }
 
     #[test]
@@ -304,7 +385,7 @@ mod tests {
             b"id=\xff\xfe",
             huge.as_bytes(),
         ] {
-            assert_eq!(tr.extract(&cookie_headers(&[v]), &Signer::default()), None);
+            assert_eq!(tok(&tr, &cookie_headers(&[v]), &Signer::default()), None);
         }
     }
 
@@ -315,20 +396,20 @@ mod tests {
         let t = Token::generate();
         let old_signer = Signer::new(vec![old.clone()]);
         let rotated = Signer::new(vec![new.clone(), old]);
-        let sealed = old_signer.seal("id", &t);
+        let sealed = old_signer.value(&Native, "id", &t);
         assert_ne!(sealed, t.as_str());
-        assert_eq!(rotated.open("id", &sealed), Some(t.clone()));
+        assert_eq!(rotated.token(&Native, "id", &sealed), Some(t));
         // Unsigned or tampered values are refused.
-        assert_eq!(rotated.open("id", t.as_str()), None);
+        assert_eq!(rotated.token(&Native, "id", t.as_str()), None);
         let mut tampered = sealed.clone().into_bytes();
         let last = tampered.len() - 1;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
         assert_eq!(
-            rotated.open("id", std::str::from_utf8(&tampered).unwrap()),
+            rotated.token(&Native, "id", std::str::from_utf8(&tampered).unwrap()),
             None
         );
         // A key no longer listed no longer verifies.
-        assert_eq!(Signer::new(vec![new]).open("id", &sealed), None);
+        assert_eq!(Signer::new(vec![new]).token(&Native, "id", &sealed), None);
     }
 
     #[test]
@@ -337,9 +418,9 @@ mod tests {
         let mut h = HeaderMap::new();
         let t = Token::generate();
         h.append("x-session-id", HeaderValue::from_str(t.as_str()).unwrap());
-        assert_eq!(tr.extract(&h, &Signer::default()), Some(t.clone()));
+        assert_eq!(tok(&tr, &h, &Signer::default()), Some(t));
         h.append("x-session-id", HeaderValue::from_str(t.as_str()).unwrap());
-        assert_eq!(tr.extract(&h, &Signer::default()), None);
+        assert_eq!(tok(&tr, &h, &Signer::default()), None);
     }
 
     #[test]
@@ -388,17 +469,17 @@ mod tests {
         let t = Token::generate();
         let tr = Transport::Cookie(CookieSettings::default());
         let h = cookie_headers(&[format!(" a=b ;  id = {} ;c=d", t.as_str()).as_bytes()]);
-        assert_eq!(tr.extract(&h, &Signer::default()), Some(t.clone()));
+        assert_eq!(tok(&tr, &h, &Signer::default()), Some(t));
         let h = cookie_headers(&[format!("xid={0}; idx={0}; ID={0}", t.as_str()).as_bytes()]);
-        assert_eq!(tr.extract(&h, &Signer::default()), None);
+        assert_eq!(tok(&tr, &h, &Signer::default()), None);
         let host = Transport::Cookie(CookieSettings {
             host_prefix: true,
             ..Default::default()
         });
         let h = cookie_headers(&[format!("id={}", t.as_str()).as_bytes()]);
-        assert_eq!(host.extract(&h, &Signer::default()), None);
+        assert_eq!(tok(&host, &h, &Signer::default()), None);
         let h = cookie_headers(&[format!("__Host-id={}", t.as_str()).as_bytes()]);
-        assert_eq!(host.extract(&h, &Signer::default()), Some(t));
+        assert_eq!(tok(&host, &h, &Signer::default()), Some(t));
     }
 
     #[test]
@@ -408,10 +489,12 @@ mod tests {
         let now = Timestamp::from_millis(0);
         tr.send(
             &mut h,
+            &Native,
             &Signer::default(),
             &Token::generate(),
             Timestamp::from_millis(3_600_000),
             now,
+            true,
             true,
         );
         let c = h.get(SET_COOKIE).unwrap().to_str().unwrap();
@@ -425,5 +508,52 @@ mod tests {
             assert!(c.contains(part), "{c} lacks {part}");
         }
         assert_eq!(h.get(CACHE_CONTROL).unwrap(), "no-store");
+    }
+
+    #[test]
+    fn max_age_rounds_up_so_a_live_session_never_gets_zero() {
+        let now = Timestamp::from_millis(10_000);
+        assert_eq!(max_age(Timestamp::from_millis(10_001), now), 1);
+        assert_eq!(max_age(Timestamp::from_millis(11_000), now), 1);
+        assert_eq!(max_age(Timestamp::from_millis(11_001), now), 2);
+        assert_eq!(max_age(now, now), 0);
+        assert_eq!(
+            max_age(Timestamp::from_millis(u64::MAX), now),
+            18_446_744_073_709_542
+        );
+    }
+
+    #[test]
+    fn a_value_under_our_name_that_is_no_token_is_malformed_and_other_cookies_are_nothing() {
+        let tr = Transport::Cookie(CookieSettings::default());
+        let h = cookie_headers(&[b"id=malformed; other=1"]);
+        assert!(matches!(
+            tr.extract(&h, &Native, &Signer::default()),
+            Presented::Malformed
+        ));
+        let h = cookie_headers(&[b"other=1"]);
+        assert!(matches!(
+            tr.extract(&h, &Native, &Signer::default()),
+            Presented::Nothing
+        ));
+    }
+
+    #[test]
+    fn a_response_that_read_a_session_is_private_unless_the_handler_chose() {
+        let tr = Transport::Cookie(CookieSettings::default());
+        let mut h = HeaderMap::new();
+        tr.mark_private(&mut h);
+        tr.mark_private(&mut h);
+        assert_eq!(h.get(CACHE_CONTROL).unwrap(), "no-store");
+        assert_eq!(h.get_all(VARY).iter().count(), 1);
+        let mut own = HeaderMap::new();
+        own.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("private, max-age=5"),
+        );
+        own.insert(VARY, HeaderValue::from_static("Accept-Encoding, Cookie"));
+        tr.mark_private(&mut own);
+        assert_eq!(own.get(CACHE_CONTROL).unwrap(), "private, max-age=5");
+        assert_eq!(own.get_all(VARY).iter().count(), 1);
     }
 }

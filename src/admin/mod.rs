@@ -1,42 +1,42 @@
-//! The admin and health services: inspect, count, delete and clean up sessions over HTTP.
-//!
-//! [`AdminService`] is a plain Tower service (always ready, `Error = Infallible`, any request body), so
-//! it mounts in Axum, Hyper or Tonic. It answers JSON under whatever prefix it is mounted at, with the
-//! prefix stripped (Axum's `nest_service`) or not (a Hyper `service_fn` that forwards every path):
+//! The admin API and health check: inspect, count, delete and clean up sessions over HTTP, as an
+//! [`axum::Router`] to mount anywhere (`nest`), and an operators' dashboard.
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /stats` | `{"sessionStore":"redis","sessionCount":5,"memoryUsage":{"used_memory":"1024000","used_memory_human":"1000.00K",…},"warnings":[],"timestamp":"2025-07-12T22:45:00.000Z"}`; a file store reports `"diskUsage":{"directory","files","bytes","human"}` instead of `memoryUsage` |
+//! | `GET /stats` | `{"sessionStore":"redis","sessionCount":5,"memoryUsage":{"used_memory":"1024000","used_memory_human":"1000.00K",…},"warnings":[],"timestamp":"2025-07-12T22:45:00.000Z"}`; the figures are the store's own, under the field it names (a file store's `diskUsage`) |
 //! | `GET /sessions?limit=&cursor=` | `{"sessions":[{"id","createdAt","lastAccess","expires","userAgent","user"}],"total":N,"nextCursor":"…"\|null,"timestamp"}` |
 //! | `DELETE /sessions/{id}` | `{"success":true,"message":"…"}`; 404 when there is no such session, 400 for an id that is not a store key |
 //! | `POST /cleanup` | `{"success":true,"deletedSessions":N,"message":"…"}` |
-//! | `GET /users/{user}/sessions` | `{"user":"alice","sessions":[…entries as in /sessions…],"total":N,"timestamp"}`; a user without sessions gets an empty list (200) |
-//! | `DELETE /users/{user}/sessions` | `{"success":true,"deletedSessions":N,"message":"…"}`: logs the user out everywhere; their next request, on any instance, starts a fresh session |
-//! | `GET /redis-info` | `{"redis":{"<section>":{"<field>":"<value>"}},"timestamp"}`; 503 when no Redis serves sessions |
-//! | `GET /health` | `{"status":"ok","timestamp","sessionStore":"redis","redis":"healthy"}` (see [`HealthService`]) |
-//! | `GET /metrics` | Prometheus text: the [`Metrics`](crate::metrics::Metrics) counters plus `sessionforge_sessions` |
+//! | `GET /users/{user}/sessions` | `{"user":"alice","sessions":[…],"total":N,"timestamp"}` |
+//! | `DELETE /users/{user}/sessions` | `{"success":true,"deletedSessions":N,"message":"…"}`: logs the user out everywhere |
+//! | `GET /redis-info` | `{"redis":{"<section>":{"<field>":"<value>"}},"timestamp"}` (the store's own information); 503 when the store serving now has none |
+//! | `GET /health` | the health below, with the operators' detail (error texts, cluster nodes, the last failover) |
+//! | `GET /metrics` | the application's Prometheus text ([`AdminService::with_metrics`]); 404 without an exporter |
+//! | `GET /dashboard` | the operators' page (see `dashboard.rs`) |
 //!
-//! Routes are recognised by the end of the path (`…/stats`, `…/sessions/{id}`), which is what makes any
-//! prefix work. Ids in the listing and in `DELETE` are store keys: digests of the session tokens, which
-//! cannot be used as cookies. Every error is `{"error":"…"}` with `content-type: application/json`: 404
-//! for an unknown path, 405 with `Allow` for a wrong method, 400 for a bad `limit` or `cursor` (`limit`
-//! defaults to 50 and may be at most [`with_max_page`](AdminService::with_max_page), 1000 by default),
-//! 401/403 when [`AdminAuth`] refuses, 503 when the store is unavailable and 500 when it fails otherwise.
-//! All responses carry `cache-control: no-store`.
+//! Every error is `{"error":"…"}` with `content-type: application/json`: 404 for an unknown path, 405
+//! with `Allow` for a wrong method, 400 for a bad `limit` or `cursor` (`limit` defaults to 50, at most
+//! [`with_max_page`](AdminService::with_max_page), 1000 by default), 401/403 when [`AdminAuth`]
+//! refuses, 501 for a route the store cannot serve (`{"error":"this session store cannot list
+//! sessions"}`), 503 when the store is down or full and 500 when it fails otherwise. All responses
+//! carry `cache-control: no-store`.
+//!
+//! The public health ([`AdminService::health`], e.g. at `/api/health`) answers
+//! `{"status":"ok","timestamp":"…","sessionStore":"redis","redis":"healthy"}`: `"ok"` while the store
+//! serves (also from its fallback), `"degraded"` with a short `reason` while it cannot write (full,
+//! unreadable fallback), `"unavailable"` (503) when it cannot serve. It shows no backend error text.
 //!
 //! # Protection
 //!
-//! Everything except `/health` requires what the [`AdminAuth`] allows; by default that is
-//! [`AdminAuth::loopback_only`]: requests whose **socket** peer is on this machine. `stats`,
-//! `redis-info` and `metrics` are protected too: they reveal the size of the user base and details of
-//! the Redis server. A Prometheus server scraping from elsewhere sends a bearer token
-//! (`authorization: {credentials: …}` in its scrape config). Health is open to anyone: it says only
-//! whether the store works, which a load balancer must be able to ask.
+//! Everything but the dashboard's page and assets (which hold no data) requires what the
+//! [`AdminAuth`] allows, as a layer on the routes; by default [`AdminAuth::loopback_only`]. See there
+//! for what loopback mode refuses (proxied requests, foreign `Host` names) and for the cross-site
+//! rule every mode applies.
 //!
-//! # Example: Axum
+//! # Example
 //!
 //! ```
-//! use axum::{extract::ConnectInfo, routing::get, Router};
+//! use axum::{extract::ConnectInfo, Router};
 //! use http::{Request, StatusCode};
 //! use http_body_util::BodyExt;
 //! use sessionforge::admin::{AdminAuth, AdminService};
@@ -44,20 +44,19 @@
 //! use std::net::SocketAddr;
 //! use tower::ServiceExt;
 //!
-//! # #[cfg(not(feature = "axum"))] fn main() {} // ConnectInfo is read with the `axum` feature
-//! # #[cfg(feature = "axum")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let store = MemoryStore::new();
-//! let admin = AdminService::new(store.clone()); // loopback-only
+//! let admin = AdminService::new(MemoryStore::new()); // loopback-only
 //! let app = Router::new()
-//!     .route("/", get(|| async { "hello" }))
-//!     .nest_service("/api/health", admin.health_service())
-//!     .nest_service("/api/sessions", admin);
+//!     .nest("/api/health", admin.health())
+//!     .nest("/api/sessions", admin.router());
 //!
 //! // What `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())` does for
 //! // every request: record the socket peer.
-//! let mut req = Request::get("/api/sessions/stats").body(axum::body::Body::empty()).unwrap();
+//! let mut req = Request::get("/api/sessions/stats")
+//!     .header("host", "localhost:3001")
+//!     .body(axum::body::Body::empty())
+//!     .unwrap();
 //! req.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
 //! let res = app.clone().oneshot(req).await.unwrap();
 //! assert_eq!(res.status(), StatusCode::OK);
@@ -73,153 +72,75 @@
 //! # }
 //! ```
 //!
-//! Serving it for real, with the peer address recorded (without `with_connect_info` every loopback-only
-//! request is refused, with a message saying so):
-//!
-//! ```no_run
-//! # use axum::Router;
-//! # use sessionforge::admin::{AdminAuth, AdminService};
-//! # use sessionforge::store::MemoryStore;
-//! # use std::net::SocketAddr;
-//! # #[tokio::main]
-//! # async fn main() -> std::io::Result<()> {
-//! let auth = match std::env::var("SESSION_ADMIN_TOKEN") {
-//!     Ok(token) if !token.is_empty() => AdminAuth::bearer(token),
-//!     _ => AdminAuth::loopback_only(),
-//! };
-//! let admin = AdminService::new(MemoryStore::new()).with_auth(auth);
-//! let app = Router::new().nest_service("/api/sessions", admin);
-//! let listener = tokio::net::TcpListener::bind("0.0.0.0:3001").await?;
-//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
-//! # }
-//! ```
-//!
-//! # Example: plain Hyper
-//!
-//! With plain Hyper (or Tonic), insert a [`PeerAddr`] into each request's extensions where you accept
-//! the connection. Every path can go to the service unchanged: it finds its routes at the end.
-//!
-//! ```no_run
-//! use hyper_util::rt::{TokioExecutor, TokioIo};
-//! use sessionforge::admin::{AdminService, PeerAddr};
-//! use sessionforge::store::MemoryStore;
-//! use tower::Service;
-//!
-//! # #[tokio::main]
-//! # async fn main() -> std::io::Result<()> {
-//! let admin = AdminService::new(MemoryStore::new());
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
-//! loop {
-//!     let (tcp, peer) = listener.accept().await?;
-//!     let admin = admin.clone();
-//!     tokio::spawn(async move {
-//!         let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-//!             req.extensions_mut().insert(PeerAddr(peer));
-//!             admin.clone().call(req) // `/api/sessions/stats` and `/stats` both reach stats
-//!         });
-//!         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-//!             .serve_connection(TokioIo::new(tcp), svc)
-//!             .await;
-//!     });
-//! }
-//! # }
-//! ```
-//!
-//! Tonic records the peer as `tonic::transport::server::TcpConnectInfo`; a small layer that copies its
-//! `remote_addr()` into a [`PeerAddr`] makes loopback-only work there.
+//! With plain Hyper (or next to Tonic), the router is a Tower service: wrap it in hyper-util's
+//! `TowerToHyperService`, and insert a [`PeerAddr`] into each request where the connection is
+//! accepted so that loopback mode can see the peer.
 //!
 //! # Pitfalls
 //!
-//! * **Behind a reverse proxy every peer is local.** nginx, Caddy or a sidecar on the same host connect
-//!   from 127.0.0.1, so loopback-only admits the whole internet. Use [`AdminAuth::bearer`] there, or do
-//!   not route `/api/sessions` through the proxy. `X-Forwarded-For` is never consulted: anyone can send it.
-//! * **No peer address, no access.** Loopback-only needs [`PeerAddr`] or Axum's `ConnectInfo`; forgetting
-//!   `into_make_service_with_connect_info` gives 403 with a message naming the fix, never an open door.
-//! * **A wrong token is not rescued by being local.** With [`AdminAuth::bearer_or_loopback`], a local
-//!   request that sends a wrong `Authorization` header gets 401, so a stale token shows up at once.
+//! * **Behind a reverse proxy every peer is local.** Loopback mode refuses requests that carry proxy
+//!   headers, but a proxy that adds none makes loopback mode open to whoever reaches the proxy: use
+//!   [`AdminAuth::bearer`] there.
+//! * **No peer address, no access.** Loopback mode needs [`PeerAddr`] or Axum's `ConnectInfo`;
+//!   forgetting `into_make_service_with_connect_info` gives 403 with a message naming the fix.
 //! * **Deleting is by store key, not by cookie.** Pasting a cookie value into `DELETE /sessions/{id}`
 //!   gets 404: the ids are the digests shown by `GET /sessions`.
-//! * **`allkeys-*` eviction logs users out.** When Redis reports such a `maxmemory-policy` (the seed's
-//!   troubleshooting tip sets `allkeys-lru`), `/stats` carries a warning: prefer `volatile-lru`,
-//!   `volatile-ttl` or `noeviction`.
-//! * **Health `detail` is public.** `/health` is open, and its `detail` is the store's own message;
-//!   stores keep credentials out of it.
-//! * **Suffix routing.** Routes are matched on the end of the path, so mounting at the root of a
-//!   router that has its own `/health` or `/metrics` is ambiguous: mount under a prefix.
 
 mod auth;
+mod dashboard;
 mod json;
 mod routes;
 
 pub use auth::{AdminAuth, PeerAddr};
 
-use auth::Denied;
-use bytes::Bytes;
-use http::header::{HeaderValue, WWW_AUTHENTICATE};
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use json::Resp;
-use routes::Route;
-use std::convert::Infallible;
+use crate::store::dynamic::SharedStore;
+use crate::store::SessionStore;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tower_service::Service;
-
-use crate::store::ManagedStore;
 
 /// The default and the ceiling of [`AdminService::with_max_page`].
 const DEFAULT_MAX_PAGE: usize = 1000;
 
-/// The admin API over a [`ManagedStore`]; see the [module docs](self) for routes, protection and an
-/// example.
-///
-/// Cheap to clone (the store is held in an `Arc`).
+/// Renders the application's metrics exporter's text.
+type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The admin API over a store: a builder for its [`router`](AdminService::router) and the public
+/// [`health`](AdminService::health) check. See the [module docs](self). Cheap to clone.
+#[derive(Clone)]
 #[must_use]
-pub struct AdminService<S> {
-    store: Arc<S>,
+pub struct AdminService {
+    store: SharedStore,
     auth: AdminAuth,
     max_page: usize,
+    metrics: Option<Render>,
 }
 
-impl<S> Clone for AdminService<S> {
-    fn clone(&self) -> Self {
-        AdminService {
-            store: self.store.clone(),
-            auth: self.auth.clone(),
-            max_page: self.max_page,
-        }
-    }
-}
-
-impl<S> fmt::Debug for AdminService<S> {
+impl fmt::Debug for AdminService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdminService")
+            .field("store", &self.store.name())
             .field("auth", &self.auth)
             .field("max_page", &self.max_page)
-            .finish_non_exhaustive()
+            .field("metrics", &self.metrics.is_some())
+            .finish()
     }
 }
 
-impl<S: ManagedStore> AdminService<S> {
-    /// The admin API over `store`, open to loopback peers only ([`AdminAuth::loopback_only`]), pages
-    /// of at most 1000 sessions.
-    pub fn new(store: S) -> Self {
-        Self::from_arc(Arc::new(store))
-    }
-
-    /// Like [`AdminService::new`], for a store already shared through an `Arc`.
-    pub fn from_arc(store: Arc<S>) -> Self {
+impl AdminService {
+    /// The admin API over `store`, open to loopback requests only ([`AdminAuth::loopback_only`]),
+    /// pages of at most 1000 sessions.
+    pub fn new(store: impl SessionStore) -> Self {
         AdminService {
-            store,
+            store: Arc::new(store),
             auth: AdminAuth::loopback_only(),
             max_page: DEFAULT_MAX_PAGE,
+            metrics: None,
         }
     }
 
-    /// Who may use the protected routes (everything but `/health`).
+    /// Who may use the protected routes.
     ///
     /// ```
     /// use sessionforge::admin::{AdminAuth, AdminService};
@@ -245,230 +166,50 @@ impl<S: ManagedStore> AdminService<S> {
         self
     }
 
-    /// A [`HealthService`] over the same store, to mount on its own (e.g. at `/api/health`).
-    pub fn health_service(&self) -> HealthService<S> {
-        HealthService::from_arc(self.store.clone())
+    /// Serves `GET /metrics` with `render`'s text: the application's exporter (for example
+    /// `metrics-exporter-prometheus`'s handle, `move || handle.render()`). The store's own gauges
+    /// (the session count) are set just before each rendering.
+    pub fn with_metrics(mut self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.metrics = Some(Arc::new(render));
+        self
     }
 
-    /// The store.
-    pub fn store(&self) -> &S {
-        &self.store
-    }
-}
-
-impl<S, B> Service<Request<B>> for AdminService<S>
-where
-    S: ManagedStore,
-{
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The body is never read: dropping it here keeps `B` out of the future.
-        let (parts, _body) = req.into_parts();
-        let route = match routes::route(&parts.method, parts.uri.path()) {
-            Ok(r) => r,
-            Err(rejected) => return ResponseFuture::ready(rejected.into_response()),
-        };
-        if !route.is_public() {
-            if let Err(denied) = self.auth.check(&parts.headers, &parts.extensions) {
-                tracing::debug!(?denied, path = parts.uri.path(), "admin request refused");
-                return ResponseFuture::ready(refusal(denied));
-            }
-        }
-        let store = self.store.clone();
-        match route {
-            Route::Stats => ResponseFuture::boxed(routes::stats(store)),
-            Route::List => match routes::list_query(parts.uri.query(), self.max_page) {
-                Ok((limit, cursor)) => ResponseFuture::boxed(routes::list(store, limit, cursor)),
-                Err(rejected) => ResponseFuture::ready(rejected.into_response()),
-            },
-            Route::Delete(id) => ResponseFuture::boxed(routes::delete(store, id)),
-            Route::Cleanup => ResponseFuture::boxed(routes::cleanup(store)),
-            Route::UserSessions(raw) => match routes::user_segment(&raw) {
-                Ok(user) => ResponseFuture::boxed(routes::user_sessions(store, user)),
-                Err(rejected) => ResponseFuture::ready(rejected.into_response()),
-            },
-            Route::RevokeUser(raw) => match routes::user_segment(&raw) {
-                Ok(user) => ResponseFuture::boxed(routes::revoke_user(store, user)),
-                Err(rejected) => ResponseFuture::ready(rejected.into_response()),
-            },
-            Route::RedisInfo => ResponseFuture::boxed(routes::redis_info(store)),
-            Route::Health => ResponseFuture::boxed(routes::health(store)),
-            Route::Metrics => ResponseFuture::boxed(routes::metrics(store)),
-        }
-    }
-}
-
-/// The response to a refused request.
-fn refusal(denied: Denied) -> Resp {
-    match denied {
-        Denied::Unauthorized { token_sent } => {
-            let (msg, challenge) = if token_sent {
-                (
-                    "invalid admin token",
-                    r#"Bearer realm="sessionforge admin", error="invalid_token""#,
-                )
-            } else {
-                (
-                    "admin token required: send Authorization: Bearer <token>",
-                    r#"Bearer realm="sessionforge admin""#,
-                )
-            };
-            let mut res = json::error(StatusCode::UNAUTHORIZED, msg);
-            res.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-            res
-        }
-        Denied::NotLoopback => json::error(
-            StatusCode::FORBIDDEN,
-            "the session admin API only answers requests from this machine",
-        ),
-        Denied::NoPeerAddr => {
-            tracing::warn!(
-                "session admin API refused a request: loopback-only mode needs the peer address \
-                 (Axum: serve with into_make_service_with_connect_info::<SocketAddr>(); Hyper/Tonic: \
-                 insert sessionforge::admin::PeerAddr into request extensions)"
-            );
-            json::error(
-                StatusCode::FORBIDDEN,
-                "the server does not record peer addresses, so the loopback-only admin API refuses \
-                 everyone: serve with Axum's into_make_service_with_connect_info::<SocketAddr>() or \
-                 insert sessionforge::admin::PeerAddr, or configure a bearer token",
+    /// The admin routes (see the [module docs](self)), protected by the [`AdminAuth`], to `nest` under
+    /// any prefix (`/api/sessions`, `/admin`) or `merge` at the root.
+    pub fn router(&self) -> Router {
+        let protected = Router::new()
+            .route("/stats", get(routes::stats))
+            .route("/sessions", get(routes::list))
+            .route("/sessions/{id}", axum::routing::delete(routes::delete))
+            .route("/cleanup", post(routes::cleanup))
+            .route(
+                "/users/{user}/sessions",
+                get(routes::user_sessions).delete(routes::revoke_user),
             )
-        }
-    }
-}
-
-/// The health check on its own, open to anyone: it answers the health JSON at whatever path it is
-/// mounted, for `GET` and `HEAD` (other methods get 405).
-///
-/// `{"status":"ok","timestamp":"…","sessionStore":"redis","redis":"healthy"}` with 200 while the
-/// backend serving sessions works. In file mode `{"status":"ok","timestamp":"…","sessionStore":"file"}`,
-/// plus `"redis":"unhealthy"` when a Redis exists but is down and files serve meanwhile, and a
-/// `"detail"` when the store has something to say. `"status":"unavailable"` with 503 only when Redis
-/// serves sessions and does not answer, so a load balancer takes the instance out of rotation.
-///
-/// ```
-/// use http::{Request, StatusCode};
-/// use sessionforge::admin::HealthService;
-/// use sessionforge::store::MemoryStore;
-/// use tower::ServiceExt;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let health = HealthService::new(MemoryStore::new());
-/// let res = health.oneshot(Request::get("/anything").body(()).unwrap()).await.unwrap();
-/// assert_eq!(res.status(), StatusCode::OK);
-/// # }
-/// ```
-#[must_use]
-pub struct HealthService<S> {
-    store: Arc<S>,
-}
-
-impl<S> Clone for HealthService<S> {
-    fn clone(&self) -> Self {
-        HealthService {
-            store: self.store.clone(),
-        }
-    }
-}
-
-impl<S> fmt::Debug for HealthService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HealthService").finish_non_exhaustive()
-    }
-}
-
-impl<S: ManagedStore> HealthService<S> {
-    /// The health check of `store`.
-    pub fn new(store: S) -> Self {
-        Self::from_arc(Arc::new(store))
+            .route("/redis-info", get(routes::info))
+            .route("/health", get(routes::full_health))
+            .route("/metrics", get(routes::metrics))
+            .route_layer(middleware::from_fn_with_state(
+                self.auth.clone(),
+                auth::layer,
+            ));
+        protected
+            .route("/dashboard", get(dashboard::page))
+            .route("/dashboard.css", get(dashboard::style))
+            .route("/dashboard.js", get(dashboard::script))
+            .fallback(routes::not_found)
+            .layer(middleware::map_response(routes::json_405))
+            .with_state(self.clone())
     }
 
-    /// Like [`HealthService::new`], for a store already shared through an `Arc`.
-    pub fn from_arc(store: Arc<S>) -> Self {
-        HealthService { store }
-    }
-}
-
-impl<S, B> Service<Request<B>> for HealthService<S>
-where
-    S: ManagedStore,
-{
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let m = req.method();
-        if m != http::Method::GET && m != http::Method::HEAD {
-            let mut res = json::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("method {m} not allowed here; use GET, HEAD"),
-            );
-            res.headers_mut()
-                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return ResponseFuture::ready(res);
-        }
-        ResponseFuture::boxed(routes::health(self.store.clone()))
-    }
-}
-
-/// The future of [`AdminService`] and [`HealthService`]: ready at once for refusals and routing
-/// errors, otherwise the store calls of the route.
-pub struct ResponseFuture {
-    state: State,
-}
-
-enum State {
-    Ready(Option<Resp>),
-    Pending(Pin<Box<dyn Future<Output = Resp> + Send>>),
-}
-
-impl ResponseFuture {
-    fn ready(res: Resp) -> Self {
-        ResponseFuture {
-            state: State::Ready(Some(res)),
-        }
-    }
-
-    fn boxed(fut: impl Future<Output = Resp> + Send + 'static) -> Self {
-        ResponseFuture {
-            state: State::Pending(Box::pin(fut)),
-        }
-    }
-}
-
-impl fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl Future for ResponseFuture {
-    type Output = Result<Response<Full<Bytes>>, Infallible>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            // Polled again after completion: answer a 500 rather than panic.
-            State::Ready(res) => Poll::Ready(Ok(res.take().unwrap_or_else(|| {
-                json::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "response polled after completion",
-                )
-            }))),
-            State::Pending(fut) => fut.as_mut().poll(cx).map(Ok),
-        }
+    /// The public health check at the root of its own router (`nest("/api/health", …)`): open to
+    /// anyone, as a load balancer must be able to ask; it says whether the store serves, never why in
+    /// the backend's words.
+    pub fn health(&self) -> Router {
+        Router::new()
+            .route("/", get(routes::public_health))
+            .fallback(routes::not_found)
+            .layer(middleware::map_response(routes::json_405))
+            .with_state(self.clone())
     }
 }

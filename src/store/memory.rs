@@ -1,24 +1,27 @@
 //! [`MemoryStore`]: sessions in process memory, for tests and development.
 //!
-//! Entries expire (checked on every access and removed by [`ManagedStore::cleanup`]) and the store is
+//! Entries expire (checked on every access and removed by [`SessionStore::cleanup`]) and the store is
 //! bounded: when it is full it first drops expired entries, then the entry closest to expiry, with a
 //! warning. Sessions vanish with the process and are not shared between instances: use Redis for that.
 //!
 //! ```
-//! use sessionforge::store::{MemoryStore, ManagedStore, StoreKind};
+//! use sessionforge::store::{MemoryStore, SessionStore};
 //!
-//! let store = MemoryStore::new().with_capacity(10_000);
-//! assert_eq!(store.kind(), StoreKind::Memory);
+//! let store = MemoryStore::builder().with_capacity(10_000).build();
+//! assert_eq!(store.name(), "memory");
 //! ```
 
+use super::provided::{merged, target};
 use super::{
-    ChangeSet, Created, Loaded, ManagedStore, Page, Record, Saved, SessionStore, StoreError,
-    StoreHealth, StoreKind, Summary, Usage, Version,
+    sort_user_sessions, ChangeSet, Created, Loaded, Page, Record, Renewed, Replaced, Saved,
+    SessionStore, StoreError, Summary, Usage, Version,
 };
-use crate::expiry::{SharedClock, SystemClock};
+use crate::expiry::{Clock, SharedClock};
+use crate::format::SharedFormat;
 use crate::id::StoreKey;
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Debug)]
@@ -26,30 +29,65 @@ struct Entry {
     /// Shared with the sessions that loaded it and the one that saved it; never changed in place
     /// while shared (a merge copies it first).
     record: Arc<Record>,
-    /// Made when the entry is written, so a load hands out a clone of it (no formatting, no allocation).
+    /// Made when the entry is written, so a load hands out a clone of it.
     version: Version,
+}
+
+/// Settings of a [`MemoryStore`]: gathered first, then [`built`](MemoryConfig::build) once.
+#[derive(Clone)]
+#[must_use]
+pub struct MemoryConfig {
+    capacity: usize,
+    clock: SharedClock,
+    format: SharedFormat,
+}
+
+impl std::fmt::Debug for MemoryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryConfig")
+            .field("capacity", &self.capacity)
+            .field("format", &self.format.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryConfig {
+    /// At most `capacity` sessions (at least 1; default 100,000).
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// Reads time from `clock` (tests use [`ManualClock`](crate::expiry::ManualClock)); the layer
+    /// over the store reads it too.
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Issues and reads tokens of `format` (the memory store keeps records as they are, so only the
+    /// format's tokens and keys matter).
+    pub fn with_format(mut self, format: SharedFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                map: Mutex::new(BTreeMap::new()),
+                config: self,
+                next_version: AtomicU64::new(1),
+            }),
+        }
+    }
 }
 
 struct Inner {
     map: Mutex<BTreeMap<StoreKey, Entry>>,
-    capacity: usize,
-    clock: SharedClock,
-    next_version: std::sync::atomic::AtomicU64,
-}
-
-/// A version number as text, formatted on the stack (each write makes one).
-fn version_text(mut n: u64) -> Version {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    Version::new(std::str::from_utf8(&buf[i..]).unwrap_or("0"))
+    config: MemoryConfig,
+    next_version: AtomicU64,
 }
 
 /// Sessions in process memory. Cheap to clone; clones share the same map.
@@ -67,38 +105,44 @@ impl Default for MemoryStore {
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("capacity", &self.inner.capacity)
+            .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
 }
 
-impl MemoryStore {
-    /// An empty store holding at most 100,000 sessions, on the system clock.
-    pub fn new() -> Self {
-        Self::build(100_000, Arc::new(SystemClock))
-    }
-
-    fn build(capacity: usize, clock: SharedClock) -> Self {
-        MemoryStore {
-            inner: Arc::new(Inner {
-                map: Mutex::new(BTreeMap::new()),
-                capacity: capacity.max(1),
-                clock,
-                next_version: std::sync::atomic::AtomicU64::new(1),
-            }),
+/// A version number as text, formatted on the stack (each write makes one).
+fn version_text(mut n: u64) -> Version {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
+    Version::new(std::str::from_utf8(&buf[i..]).unwrap_or("0"))
+}
 
-    /// The same store emptied, holding at most `capacity` sessions.
-    #[must_use]
-    pub fn with_capacity(self, capacity: usize) -> Self {
-        Self::build(capacity, self.inner.clock.clone())
+/// Whether `entry` stands for a live session at `now` (not expired, not a tombstone).
+fn live(entry: &Entry, now: crate::expiry::Timestamp) -> bool {
+    !entry.record.is_expired(now) && !entry.record.tombstone
+}
+
+impl MemoryStore {
+    /// An empty store with the default settings: at most 100,000 sessions, the system clock.
+    pub fn new() -> Self {
+        Self::builder().build()
     }
 
-    /// The same store emptied, reading time from `clock` (for tests of expiry).
-    #[must_use]
-    pub fn with_clock(self, clock: impl crate::expiry::Clock) -> Self {
-        Self::build(self.inner.capacity, Arc::new(clock))
+    /// Settings to adjust before building a store.
+    pub fn builder() -> MemoryConfig {
+        MemoryConfig {
+            capacity: 100_000,
+            clock: crate::expiry::system_clock(),
+            format: crate::format::native(),
+        }
     }
 
     fn map(&self) -> MutexGuard<'_, BTreeMap<StoreKey, Entry>> {
@@ -107,22 +151,45 @@ impl MemoryStore {
         self.inner.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn now(&self) -> crate::expiry::Timestamp {
+        self.inner.config.clock.now()
+    }
+
     fn version(&self) -> Version {
-        version_text(
-            self.inner
-                .next_version
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        )
+        version_text(self.inner.next_version.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn entry(&self, record: Arc<Record>) -> Entry {
+        Entry {
+            record,
+            version: self.version(),
+        }
+    }
+
+    /// The entry under `key` if it has not expired (an expired one is dropped). Called with the lock.
+    fn current<'m>(
+        &self,
+        map: &'m mut BTreeMap<StoreKey, Entry>,
+        key: &StoreKey,
+    ) -> Option<&'m mut Entry> {
+        if map
+            .get(key)
+            .is_some_and(|e| e.record.is_expired(self.now()))
+        {
+            map.remove(key);
+        }
+        map.get_mut(key)
     }
 
     /// Makes room for one more entry. Called with the lock held.
     fn make_room(&self, map: &mut BTreeMap<StoreKey, Entry>) {
-        if map.len() < self.inner.capacity {
+        let capacity = self.inner.config.capacity;
+        if map.len() < capacity {
             return;
         }
-        let now = self.inner.clock.now();
+        let now = self.now();
         map.retain(|_, e| !e.record.is_expired(now));
-        if map.len() < self.inner.capacity {
+        if map.len() < capacity {
             return;
         }
         if let Some(victim) = map
@@ -131,51 +198,93 @@ impl MemoryStore {
             .map(|(k, _)| *k)
         {
             tracing::warn!(
-                capacity = self.inner.capacity,
+                capacity,
                 "memory session store is full; dropping the session closest to expiry"
             );
             map.remove(&victim);
         }
     }
+
+    /// Applies `changes` to `key` under the lock: the provided save in one step.
+    fn save_locked(
+        &self,
+        map: &mut BTreeMap<StoreKey, Entry>,
+        key: &StoreKey,
+        base: &Version,
+        ours: &Arc<Record>,
+        changes: &ChangeSet,
+    ) -> Saved {
+        let Some(entry) = self.current(map, key).filter(|e| !e.record.tombstone) else {
+            return Saved::Gone;
+        };
+        let record = if *base == entry.version {
+            Arc::clone(ours)
+        } else {
+            crate::metrics::save_conflict();
+            let mut r = Record::clone(&entry.record);
+            r.merge(changes, ours);
+            Arc::new(r)
+        };
+        if target(&record, changes).is_none() {
+            map.remove(key);
+            return Saved::Emptied;
+        }
+        *entry = self.entry(record);
+        Saved::Saved
+    }
 }
 
 impl SessionStore for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
     async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
-        let now = self.inner.clock.now();
         let mut map = self.map();
-        match map.get(key) {
-            Some(e) if e.record.is_expired(now) => {
-                map.remove(key);
-                Ok(None)
-            }
-            Some(e) => Ok(Some(Loaded {
-                record: e.record.clone(),
-                version: e.version.clone(),
-            })),
-            None => Ok(None),
-        }
+        Ok(self
+            .current(&mut map, key)
+            .map(|e| Loaded::new(Arc::clone(&e.record), e.version.clone())))
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
-        let now = self.inner.clock.now();
-        let version = self.version();
         let mut map = self.map();
-        if let Some(e) = map.get(key) {
-            if !e.record.is_expired(now) {
-                return Ok(Created::Exists);
-            }
+        if self.current(&mut map, key).is_some() {
+            return Ok(Created::Exists);
         }
         self.make_room(&mut map);
-        map.insert(
-            *key,
-            Entry {
-                record: Arc::new(record.clone()),
-                version,
-            },
-        );
+        let entry = self.entry(Arc::new(record.clone()));
+        map.insert(*key, entry);
         Ok(Created::Created)
     }
 
+    async fn replace(
+        &self,
+        key: &StoreKey,
+        expected: &Version,
+        record: Option<&Record>,
+    ) -> Result<Replaced, StoreError> {
+        let mut map = self.map();
+        let Some(entry) = self.current(&mut map, key) else {
+            return Ok(Replaced::Gone);
+        };
+        if entry.version != *expected {
+            return Ok(Replaced::Changed);
+        }
+        match record {
+            Some(r) => *entry = self.entry(Arc::new(r.clone())),
+            None => {
+                map.remove(key);
+            }
+        }
+        Ok(Replaced::Replaced)
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let now = self.now();
+        Ok(self.map().remove(key).is_some_and(|e| live(&e, now)))
+    }
+
+    /// Compares and writes under the map's lock, keeping the `ours` record it is given.
     async fn save(
         &self,
         key: &StoreKey,
@@ -183,44 +292,48 @@ impl SessionStore for MemoryStore {
         ours: &Arc<Record>,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
-        let now = self.inner.clock.now();
-        let version = self.version();
-        let mut map = self.map();
-        let Some(entry) = map.get_mut(key) else {
-            return Ok(Saved::Gone);
-        };
-        if entry.record.is_expired(now) {
-            map.remove(key);
-            return Ok(Saved::Gone);
-        }
-        if *base == entry.version {
-            entry.record = Arc::clone(ours);
-        } else {
-            crate::metrics::Metrics::global().count(crate::metrics::Event::SaveConflict);
-            Arc::make_mut(&mut entry.record).merge(changes, ours);
-        }
-        entry.version = version;
-        Ok(Saved::Saved)
+        Ok(self.save_locked(&mut self.map(), key, base, ours, changes))
     }
 
-    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let now = self.inner.clock.now();
-        Ok(self
-            .map()
-            .remove(key)
-            .is_some_and(|e| !e.record.is_expired(now)))
+    /// Moves the session under the map's lock: atomic, so no writer ever sees it in both places.
+    async fn renew(
+        &self,
+        old: &StoreKey,
+        new: &StoreKey,
+        base: &Version,
+        ours: &Arc<Record>,
+        changes: &ChangeSet,
+    ) -> Result<Renewed, StoreError> {
+        let mut map = self.map();
+        if self.current(&mut map, new).is_some() {
+            return Err(StoreError::Conflict);
+        }
+        let current = self
+            .current(&mut map, old)
+            .map(|e| Loaded::new(Arc::clone(&e.record), e.version.clone()));
+        let record = match current {
+            Some(c) if c.version == *base && !c.record.tombstone => Arc::clone(ours),
+            other => match merged(other, changes, ours) {
+                Some((r, _)) => r,
+                None => return Ok(Renewed::Gone),
+            },
+        };
+        map.remove(old);
+        let entry = self.entry(record);
+        map.insert(*new, entry);
+        Ok(Renewed::Renewed)
     }
 
     /// Scans the map under its lock (O(sessions)): there is no separate index to fall out of step.
     async fn user_sessions(&self, user: &str) -> Result<Vec<Summary>, StoreError> {
-        let now = self.inner.clock.now();
+        let now = self.now();
         let mut sessions: Vec<Summary> = self
             .map()
             .iter()
-            .filter(|(_, e)| !e.record.is_expired(now) && e.record.user.as_deref() == Some(user))
+            .filter(|(_, e)| live(e, now) && e.record.user.as_deref() == Some(user))
             .map(|(k, e)| e.record.summary(*k))
             .collect();
-        super::sort_user_sessions(&mut sessions);
+        sort_user_sessions(&mut sessions);
         Ok(sessions)
     }
 
@@ -230,37 +343,25 @@ impl SessionStore for MemoryStore {
         user: &str,
         keep: Option<&StoreKey>,
     ) -> Result<u64, StoreError> {
-        let now = self.inner.clock.now();
-        let mut map = self.map();
-        let before = map.len();
-        let mut expired = 0;
-        map.retain(|k, e| {
-            let theirs = e.record.user.as_deref() == Some(user) && Some(k) != keep;
-            if theirs && e.record.is_expired(now) {
-                expired += 1;
-            }
+        let now = self.now();
+        let mut revoked = 0;
+        self.map().retain(|k, e| {
+            let theirs = live(e, now) && e.record.user.as_deref() == Some(user) && Some(k) != keep;
+            revoked += u64::from(theirs);
             !theirs
         });
-        Ok((before - map.len() - expired) as u64)
-    }
-}
-
-impl ManagedStore for MemoryStore {
-    fn kind(&self) -> StoreKind {
-        StoreKind::Memory
+        Ok(revoked)
     }
 
     async fn count(&self) -> Result<u64, StoreError> {
-        let now = self.inner.clock.now();
-        Ok(self
-            .map()
-            .values()
-            .filter(|e| !e.record.is_expired(now))
-            .count() as u64)
+        let now = self.now();
+        Ok(self.map().values().filter(|e| live(e, now)).count() as u64)
     }
 
+    /// Pages in key order (tombstones included, marked); the cursor is the last key of the previous
+    /// page.
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError> {
-        let now = self.inner.clock.now();
+        let now = self.now();
         let start = match cursor.map(StoreKey::parse) {
             Some(Ok(k)) => Bound::Excluded(k),
             Some(Err(_)) => return Err(StoreError::InvalidCursor),
@@ -268,7 +369,6 @@ impl ManagedStore for MemoryStore {
         };
         let map = self.map();
         let mut sessions = Vec::new();
-        let mut last = None;
         let mut more = false;
         for (k, e) in map.range((start, Bound::Unbounded)) {
             if e.record.is_expired(now) {
@@ -279,44 +379,46 @@ impl ManagedStore for MemoryStore {
                 break;
             }
             sessions.push(e.record.summary(*k));
-            last = Some(k.as_str().to_owned());
         }
-        Ok(Page {
-            sessions,
-            next_cursor: if more { last } else { None },
-        })
+        let next = more
+            .then(|| sessions.last().map(|s: &Summary| s.id.as_str().to_owned()))
+            .flatten();
+        Ok(Page::new(sessions, next))
     }
 
     async fn cleanup(&self) -> Result<u64, StoreError> {
-        let now = self.inner.clock.now();
+        let now = self.now();
         let mut map = self.map();
         let before = map.len();
         map.retain(|_, e| !e.record.is_expired(now));
         Ok((before - map.len()) as u64)
     }
 
-    async fn health(&self) -> StoreHealth {
-        StoreHealth {
-            serving: StoreKind::Memory,
-            healthy: true,
-            redis_healthy: None,
-            detail: None,
-        }
-    }
-
     async fn usage(&self) -> Result<Usage, StoreError> {
         let map = self.map();
-        let bytes = map.values().map(|e| e.record.to_json().len() as u64).sum();
-        Ok(Usage::Memory {
-            entries: map.len() as u64,
-            bytes,
-        })
+        let bytes: u64 = map.values().map(|e| e.record.to_json().len() as u64).sum();
+        Ok(Usage::new("memoryUsage")
+            .with("used_memory", bytes.to_string())
+            .with("used_memory_human", super::human_bytes(bytes))
+            .with("entries", map.len().to_string()))
+    }
+
+    fn format(&self) -> SharedFormat {
+        self.inner.config.format.clone()
+    }
+
+    fn clock(&self) -> SharedClock {
+        self.inner.config.clock.clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::expiry::{ManualClock, Timestamp};
+    use crate::id::Token;
+    use crate::store::test_record as record;
+    use std::time::Duration;
 
     #[test]
     fn version_numbers_are_their_decimal_text() {
@@ -325,17 +427,11 @@ mod tests {
         assert_eq!(version_text(1234567890).as_str(), "1234567890");
         assert_eq!(version_text(u64::MAX).as_str(), u64::MAX.to_string());
     }
-    use crate::expiry::{Clock, ManualClock, Timestamp};
-    use crate::id::Token;
-
-    use std::time::Duration;
-
-    use crate::store::test_record as record;
 
     #[tokio::test]
     async fn entries_expire_on_the_store_clock() {
         let clock = ManualClock::new(Timestamp::from_millis(1_000));
-        let store = MemoryStore::new().with_clock(clock.clone());
+        let store = MemoryStore::builder().with_clock(clock.clone()).build();
         let key = Token::generate().store_key();
         store
             .create(&key, &record(clock.now(), Duration::from_secs(5)))
@@ -349,35 +445,24 @@ mod tests {
     #[tokio::test]
     async fn a_full_store_drops_the_session_closest_to_expiry() {
         let clock = ManualClock::new(Timestamp::from_millis(0));
-        let store = MemoryStore::new()
+        let store = MemoryStore::builder()
             .with_clock(clock.clone())
-            .with_capacity(2);
+            .with_capacity(2)
+            .build();
         let (a, b, c) = (
             Token::generate().store_key(),
             Token::generate().store_key(),
             Token::generate().store_key(),
         );
-        store
-            .create(&a, &record(clock.now(), Duration::from_secs(10)))
-            .await
-            .unwrap();
-        store
-            .create(&b, &record(clock.now(), Duration::from_secs(5)))
-            .await
-            .unwrap();
-        store
-            .create(&c, &record(clock.now(), Duration::from_secs(20)))
-            .await
-            .unwrap();
+        for (k, secs) in [(&a, 10), (&b, 5), (&c, 20)] {
+            store
+                .create(k, &record(clock.now(), Duration::from_secs(secs)))
+                .await
+                .unwrap();
+        }
         assert_eq!(store.count().await.unwrap(), 2);
         assert!(store.load(&b).await.unwrap().is_none());
         assert!(store.load(&a).await.unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn a_save_against_an_old_version_merges_instead_of_overwriting() {
-        let store = MemoryStore::new();
-        crate::store::assert_stale_saves_merge(&store, crate::expiry::SystemClock.now()).await;
     }
 
     /// A store holding one live session: the store, its key and the record created.
@@ -445,19 +530,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_save_after_delete_does_not_resurrect() {
-        let (store, key, rec) = one_session().await;
-        let base = store.load(&key).await.unwrap().unwrap().version;
-        assert!(store.delete(&key).await.unwrap());
-        let saved = store
-            .save(&key, &base, &Arc::new(rec), &ChangeSet::default())
-            .await
-            .unwrap();
-        assert_eq!(saved, Saved::Gone);
-        assert!(store.load(&key).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
     async fn listing_pages_through_every_session_once() {
         let store = MemoryStore::new();
         let now = crate::expiry::SystemClock.now();
@@ -484,5 +556,20 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 25);
+    }
+
+    #[cfg(feature = "test-util")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_memory_store_keeps_the_whole_contract() {
+        let clock = ManualClock::starting_now();
+        let store = MemoryStore::builder().with_clock(clock.clone()).build();
+        crate::store::conformance::Conformance::new(store)
+            .with_clock(clock)
+            .with_user_index()
+            .with_listing()
+            .with_cleanup()
+            .with_tombstones()
+            .run()
+            .await;
     }
 }

@@ -1,37 +1,39 @@
 //! The client-side read cache of the Redis store: server-assisted, with `CLIENT TRACKING` over RESP3.
 //!
-//! Turned on with [`RedisConfig::with_read_cache`](super::RedisConfig::with_read_cache). Loads then go
-//! through a second, dedicated connection that speaks RESP3 and has tracking on (`NOLOOP`): Redis
-//! remembers which session keys it read and pushes an invalidation message on that connection as soon
-//! as any other client (the main connection of this instance, another instance, `redis-cli`) changes
-//! or deletes one of them, or the key expires. A load of a cached session costs no round trip.
+//! On by default ([`RedisConfig::with_read_cache`](super::RedisConfig::with_read_cache)). Loads go
+//! through a second, dedicated connection that speaks RESP3 and has tracking on: Redis remembers which
+//! session keys it read and pushes an invalidation message on that connection as soon as any client
+//! (the main connection of this instance, another instance, `redis-cli`) changes or deletes one of
+//! them, or the key expires or is evicted. A load of a cached session costs no round trip.
 //!
-//! Saves go through the tracking connection too: the save script, which ends with a `GET` of the
-//! session. `NOLOOP` keeps the script's own write from invalidating this instance; Redis forgets every
-//! client's tracking of a key when it changes, and a read by a script counts as its caller's, so that
-//! `GET` tracks the key again and the record just written can be cached: a request that writes costs
-//! one round trip, reads nothing back, and leaves the next load a hit. Creates,
-//! deletes, revokes and cleanup use the main connection, so their writes are notified like anyone
-//! else's. (With replica acknowledgements configured, saves use the main connection too: `WAIT` must be
-//! asked on the connection that wrote.)
+//! Every write (save, create, delete, revoke, cleanup) goes through the main connection and is
+//! notified like anyone else's; the store also drops the key from the cache itself, so the next load
+//! of a session this instance wrote reads Redis once.
+//!
+//! Why not `NOLOOP` and saves on the tracking connection, which would leave a written session cached:
+//! `NOLOOP` silences every invalidation raised *while that connection's command runs*, and under
+//! `maxmemory` any command (a `GET`, a `PING`) may evict other keys first. Their invalidations would
+//! never arrive, and the cache would serve sessions Redis had evicted or a revoke had found gone.
 //!
 //! # Correctness
 //!
-//! * **Invalidations are applied in wire order.** They are handled synchronously by the connection's
-//!   reader (an [`AsyncPushSender`]), never queued behind another task, so an invalidation that Redis
-//!   sent after a reply is applied before any later reply on that connection is used.
-//! * **No stale fill.** A load (or a save) takes a [`Ticket`] before it sends its command;
-//!   an invalidation of that key (or a flush) while it is in flight voids the ticket and the answer is
-//!   not cached, so a value read just before another writer changed it cannot outlive the
-//!   invalidation.
-//! * **Own writes.** After this instance creates, deletes or (off the tracking connection) saves a session,
-//!   the store drops the key from the cache itself before answering (a guard, however the call ends),
-//!   so its next request reads the new state even if the invalidation message is still on its way.
+//! * **Invalidations are applied in wire order**, synchronously by the connection's reader (an
+//!   [`AsyncPushSender`]), so an invalidation sent after a reply is applied before any later reply on
+//!   that connection is used.
+//! * **No stale fill.** A load takes a [`Ticket`] before it sends its command; an invalidation of
+//!   that key (or a flush) while it is in flight voids the ticket and the answer is not cached. A
+//!   write by this instance raises that invalidation too, after any `GET` sent before it on the
+//!   tracking connection has been answered: a load never caches a value older than one this instance
+//!   saved. A ticket dropped unfinished (a client that went away) leaves nothing behind.
+//! * **Own writes.** After this instance writes or deletes a session, the store drops the key from
+//!   the cache itself, so its next request reads the new state even if the invalidation message is
+//!   still on its way.
 //! * **Lost tracking means an empty cache.** When the tracking connection closes or fails (or Redis
 //!   answers `FLUSHALL`), the whole cache is flushed and not used again until a new connection has
-//!   tracking on: no stale read after a disconnect, when invalidations may have been missed. A new
-//!   tracking connection is opened in the background; loads use the main connection meanwhile, so
-//!   opening it never adds to a request's wait.
+//!   tracking on. A silent loss (no FIN, no RST: a partition, a dead NAT entry) is found by a `PING`
+//!   every second with a one-second deadline. A new tracking connection is opened in the background;
+//!   loads use the main connection meanwhile.
+//! * **Sentinel.** The cache follows the master Sentinel names, and empties when it changes.
 //! * **Bounded.** At most `capacity` sessions are kept; beyond that an arbitrary entry is dropped.
 //!   Entries also respect the session's own expiry.
 //!
@@ -40,8 +42,9 @@
 //! is not a linearizable read: a request that reaches the other instance in the microseconds between
 //! the write and that message being read can still see the previous value.
 
-use super::{is_connection_problem, map_error, RedisConfig};
-use crate::store::{Loaded, StoreError, StoreKind};
+use super::conn::{is_connection_problem, map_error, NAME};
+use super::RedisConfig;
+use crate::store::{Loaded, StoreError};
 use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind};
 use std::collections::HashMap;
@@ -51,6 +54,8 @@ use std::time::{Duration, Instant};
 /// How long the cache waits before trying to open its tracking connection again after a failure
 /// (loads use the main connection meanwhile).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often the tracking connection is checked, and how long its `PING` may take.
+const PING_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct State {
@@ -83,11 +88,24 @@ pub struct ReadCacheStats {
     pub entries: u64,
 }
 
-/// A fetch in progress (see the module docs).
+/// A fetch in progress (see the module docs): finished with [`ReadCache::finish`], or dropped (its
+/// pending mark goes with it).
 pub(super) struct Ticket {
+    cache: Weak<ReadCache>,
     key: String,
     epoch: u64,
     seq: u64,
+    done: bool,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(cache) = self.cache.upgrade() {
+                cache.settle(&self.key);
+            }
+        }
+    }
 }
 
 struct Link {
@@ -99,7 +117,8 @@ struct Link {
 /// The read cache and its tracking connection.
 pub(super) struct ReadCache {
     capacity: usize,
-    client: redis::Client,
+    /// The server to track (RESP3); `None` until Sentinel names the master.
+    client: Mutex<Option<redis::Client>>,
     state: Mutex<State>,
     link: Mutex<Option<Link>>,
     generations: std::sync::atomic::AtomicU64,
@@ -144,36 +163,18 @@ impl AsyncPushSender for Invalidator {
 pub(super) struct Uncache<'a> {
     cache: Option<&'a ReadCache>,
     key: &'a str,
-    armed: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Uncache<'a> {
     pub(super) fn new(cache: Option<&'a ReadCache>, key: &'a str) -> Self {
-        Uncache {
-            cache,
-            key,
-            armed: std::sync::atomic::AtomicBool::new(true),
-        }
-    }
-
-    /// The write refreshed the cache itself ([`ReadCache::save_tracked`]): nothing to drop.
-    pub(super) fn disarm(&self) {
-        self.armed
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// A later write went through the main connection after all: drop the key at the end.
-    pub(super) fn rearm(&self) {
-        self.armed.store(true, std::sync::atomic::Ordering::Relaxed);
+        Uncache { cache, key }
     }
 }
 
 impl Drop for Uncache<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.cache {
-            if self.armed.load(std::sync::atomic::Ordering::Relaxed) {
-                c.invalidate(self.key);
-            }
+            c.invalidate(self.key);
         }
     }
 }
@@ -188,22 +189,27 @@ fn invalidate(st: &mut State, key: &str) {
     }
 }
 
+/// `client`'s server, spoken to in RESP3.
+fn resp3(client: &redis::Client) -> Result<redis::Client, redis::RedisError> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
 impl ReadCache {
-    /// A cache of at most `capacity` sessions for the Redis at `client`'s address. Does no I/O.
+    /// A cache of at most `capacity` sessions for the server of `client` (`None`: Sentinel will name
+    /// it). Does no I/O.
     pub(super) fn new(
-        client: &redis::Client,
+        client: Option<&redis::Client>,
         config: &RedisConfig,
         capacity: usize,
     ) -> Result<Arc<Self>, redis::RedisError> {
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
         Ok(Arc::new(ReadCache {
             capacity: capacity.max(1),
-            client,
+            client: Mutex::new(client.map(resp3).transpose()?),
             state: Mutex::default(),
             link: Mutex::new(None),
             generations: Default::default(),
@@ -221,6 +227,18 @@ impl ReadCache {
 
     fn link(&self) -> MutexGuard<'_, Option<Link>> {
         self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tracks the master Sentinel named; a different one than before empties the cache.
+    pub(super) fn follow(&self, master: redis::Client) {
+        let Ok(master) = resp3(&master) else { return };
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let addr = |c: &redis::Client| c.get_connection_info().addr().to_string();
+        if client.as_ref().map(addr) != Some(addr(&master)) {
+            *client = Some(master);
+            drop(client);
+            self.lost();
+        }
     }
 
     /// The cached session under `key`, if tracking is up and it is cached.
@@ -269,31 +287,40 @@ impl ReadCache {
         }
     }
 
-    fn begin(&self, key: &str) -> Ticket {
+    fn begin(self: &Arc<Self>, key: &str) -> Ticket {
         let mut st = self.state();
         st.pending
             .entry(key.to_owned())
             .and_modify(|p| p.0 += 1)
             .or_insert((1, 0));
         Ticket {
+            cache: Arc::downgrade(self),
             key: key.to_owned(),
             epoch: st.epoch,
             seq: st.seq,
+            done: false,
         }
     }
 
-    /// Ends a fetch, caching `value` unless the key was invalidated (or the cache flushed) meanwhile.
-    pub(super) fn finish(&self, ticket: Ticket, value: Option<&Loaded>) {
+    /// Ends a fetch of `key`: answers the `seq` of the key's last invalidation while it ran.
+    fn settle(&self, key: &str) -> u64 {
         let mut st = self.state();
-        let invalidated_at = match st.pending.get_mut(&ticket.key) {
+        match st.pending.get_mut(key) {
             Some(p) if p.0 > 1 => {
                 p.0 -= 1;
                 p.1
             }
-            Some(_) => st.pending.remove(&ticket.key).map_or(0, |p| p.1),
+            Some(_) => st.pending.remove(key).map_or(0, |p| p.1),
             None => 0,
-        };
+        }
+    }
+
+    /// Ends a fetch, caching `value` unless the key was invalidated (or the cache flushed) meanwhile.
+    pub(super) fn finish(&self, mut ticket: Ticket, value: Option<&Loaded>) {
+        ticket.done = true;
+        let invalidated_at = self.settle(&ticket.key);
         let Some(value) = value else { return };
+        let mut st = self.state();
         if st.epoch != ticket.epoch || invalidated_at > ticket.seq {
             return;
         }
@@ -302,7 +329,8 @@ impl ReadCache {
                 st.map.remove(&victim);
             }
         }
-        st.map.insert(ticket.key, value.clone());
+        st.map
+            .insert(std::mem::take(&mut ticket.key), value.clone());
     }
 
     /// The tracking connection. When there is none, one is opened in the background (with `CLIENT
@@ -335,7 +363,11 @@ impl ReadCache {
                     let generation = this
                         .generations
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    *this.link() = Some(Link { generation, conn });
+                    *this.link() = Some(Link {
+                        generation,
+                        conn: conn.clone(),
+                    });
+                    tokio::spawn(watch(Arc::downgrade(&this), generation, conn));
                     tracing::debug!("Redis read cache: tracking connection open");
                 }
                 Ok(Err(e)) => {
@@ -357,38 +389,49 @@ impl ReadCache {
     }
 
     async fn open(self: &Arc<Self>) -> Result<MultiplexedConnection, redis::RedisError> {
+        let client = self
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Client, "no master known yet"))
+            })?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             // Every call on this connection is bounded by the store's own timeout.
             .set_response_timeout(None)
             .set_push_sender(Invalidator(Arc::downgrade(self)));
-        let mut conn = self
-            .client
+        let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        // NOLOOP: the saves this connection runs (`save_tracked`) refresh the cache themselves;
-        // every other write of this process goes through the main connection and is notified.
+        // Without `NOLOOP` (see the module docs): every invalidation reaches this connection.
         redis::cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")
-            .arg("NOLOOP")
             .exec_async(&mut conn)
             .await?;
         Ok(conn)
     }
 
-    /// `GET key` on the tracking connection, with the [`Ticket`] to [`ReadCache::finish`] it with.
+    /// `GET key` (and `PTTL`, `with_ttl`) on the tracking connection, with the [`Ticket`] to
+    /// [`ReadCache::finish`] it with.
     /// `None` when the tracking connection is not available or just failed (load through the main
     /// connection). A timeout is answered as such, not tried again: no load waits twice.
     pub(super) async fn fetch(
         self: &Arc<Self>,
         key: &str,
-    ) -> Option<(Ticket, Result<Option<Vec<u8>>, StoreError>)> {
+        with_ttl: bool,
+    ) -> Option<(Ticket, Result<super::Fetched, StoreError>)> {
         let (generation, mut conn) = self.conn().await?;
         let ticket = self.begin(key);
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(key);
-        let get = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
+        let read = super::read_op(key, with_ttl);
+        let get = async {
+            match &read {
+                super::ReadOp::Get(cmd) => cmd.query_async::<super::Fetched>(&mut conn).await,
+                super::ReadOp::GetTtl(pipe) => pipe.query_async::<super::Fetched>(&mut conn).await,
+            }
+        };
         let answer = match tokio::time::timeout(self.command_timeout, get).await {
             Ok(Ok(raw)) => Ok(raw),
             Ok(Err(e)) if is_connection_problem(&e) => {
@@ -402,95 +445,12 @@ impl ReadCache {
             Err(_) => {
                 self.drop_link(generation);
                 Err(StoreError::Timeout {
-                    backend: StoreKind::Redis,
+                    backend: NAME,
                     after: self.command_timeout,
                 })
             }
         };
         Some((ticket, answer))
-    }
-
-    /// Runs a save script on the tracking connection, answering its reply and the [`Ticket`] to cache
-    /// the saved value with. The connection has `NOLOOP`, so the script's own write does not
-    /// invalidate this connection; the script ends with a `GET` of the session (see its `ARGV[10]`),
-    /// which Redis counts as this connection's read, so the key is tracked again and any later change
-    /// by anyone is notified: the caller may cache what it wrote. One round trip, and nothing read
-    /// back. `None` when the tracking connection is not available or failed (save through the main
-    /// connection instead; the script's digest check makes a repeated save harmless).
-    pub(super) async fn save_tracked(
-        self: &Arc<Self>,
-        script: &redis::Script,
-        keys: &[&str],
-        args: &[super::SaveArg<'_>],
-        key: &str,
-    ) -> Option<(Ticket, Result<redis::Value, StoreError>)> {
-        let (generation, mut conn) = self.conn().await?;
-        let ticket = self.begin(key);
-        // Sized up front: the arguments are known, so the command is built without regrowing.
-        let size = 64
-            + keys.iter().map(|k| k.len()).sum::<usize>()
-            + args.iter().map(super::SaveArg::len).sum::<usize>();
-        let mut evalsha = redis::Cmd::with_capacity(3 + keys.len() + args.len(), size);
-        evalsha
-            .arg("EVALSHA")
-            .arg(script.get_hash())
-            .arg(keys.len());
-        for k in keys {
-            evalsha.arg(k);
-        }
-        for a in args {
-            evalsha.arg(a);
-        }
-        let mut loaded_script = false;
-        loop {
-            let sent = evalsha.query_async::<redis::Value>(&mut conn);
-            let answer = match tokio::time::timeout(self.command_timeout, sent).await {
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(e))
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-                        && !loaded_script =>
-                {
-                    // A restarted or flushed server: load the script and go again (the failed
-                    // `EVALSHA` wrote nothing).
-                    loaded_script = true;
-                    let load = script.load_async(&mut conn);
-                    match tokio::time::timeout(self.command_timeout, load).await {
-                        Ok(Ok(_)) => continue,
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => {
-                            self.drop_link(generation);
-                            return Some((
-                                ticket,
-                                Err(StoreError::Timeout {
-                                    backend: StoreKind::Redis,
-                                    after: self.command_timeout,
-                                }),
-                            ));
-                        }
-                    }
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => {
-                    self.drop_link(generation);
-                    return Some((
-                        ticket,
-                        Err(StoreError::Timeout {
-                            backend: StoreKind::Redis,
-                            after: self.command_timeout,
-                        }),
-                    ));
-                }
-            };
-            return match answer {
-                Ok(answer) => Some((ticket, Ok(answer))),
-                Err(e) if is_connection_problem(&e) => {
-                    self.finish(ticket, None);
-                    self.drop_link(generation);
-                    None
-                }
-                Err(e) => Some((ticket, Err(map_error(e, self.command_timeout)))),
-            };
-        }
     }
 
     fn drop_link(&self, generation: u64) {
@@ -503,6 +463,32 @@ impl ReadCache {
     }
 }
 
+/// Checks the tracking connection `generation` every [`PING_EVERY`] while it is the cache's; one
+/// that does not answer in time is dropped (and the cache flushed). Ends with the connection or the
+/// cache.
+async fn watch(cache: Weak<ReadCache>, generation: u64, mut conn: MultiplexedConnection) {
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        let Some(c) = cache.upgrade() else { return };
+        if c.link().as_ref().is_none_or(|l| l.generation != generation) {
+            return;
+        }
+        drop(c);
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<String>(&mut conn);
+        let alive = matches!(tokio::time::timeout(PING_EVERY, ping).await, Ok(Ok(_)));
+        if !alive {
+            if let Some(c) = cache.upgrade() {
+                tracing::warn!(
+                    "Redis read cache: tracking connection not answering; cache emptied"
+                );
+                c.drop_link(generation);
+            }
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,23 +498,12 @@ mod tests {
     fn cache() -> Arc<ReadCache> {
         let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
         let config = RedisConfig::new("redis://127.0.0.1:1").unwrap();
-        ReadCache::new(&client, &config, 2).unwrap()
+        ReadCache::new(Some(&client), &config, 2).unwrap()
     }
 
     fn loaded(v: &str) -> Loaded {
         let t = Timestamp::from_millis(1);
-        Loaded {
-            record: std::sync::Arc::new(Record {
-                created_at: t,
-                last_access: t,
-                expires: t,
-                deadline: t,
-                user_agent: None,
-                user: None,
-                data: Default::default(),
-            }),
-            version: Version::new(v),
-        }
+        Loaded::new(Record::new(t, t, t), Version::new(v))
     }
 
     fn cached(c: &ReadCache, key: &str) -> Option<String> {
@@ -591,5 +566,73 @@ mod tests {
         let t = c.begin("k");
         c.finish(t, Some(&loaded("1")));
         assert!(c.get("k").is_none());
+    }
+
+    #[test]
+    fn tickets_dropped_unfinished_leave_no_pending_mark() {
+        let c = cache();
+        for i in 0..1000 {
+            let _cancelled = c.begin(&format!("k{i}"));
+        }
+        let kept = c.begin("k");
+        let also = c.begin("k");
+        drop(also);
+        assert_eq!(c.state().pending.len(), 1);
+        c.finish(kept, None);
+        assert!(c.state().pending.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_fetches_leak_pending_entries() {
+        use std::future::Future;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _server = Kill(
+            std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is not installed (apt-get install redis-server)"),
+        );
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let config = RedisConfig::new(url.as_str()).unwrap();
+        let c = ReadCache::new(Some(&client), &config, 100).unwrap();
+        let mut ready = false;
+        for _ in 0..50 {
+            if c.fetch("warm", false).await.is_some() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "tracking connection never opened");
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            let fut = c.fetch(&key, false);
+            tokio::pin!(fut);
+            let pending = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(fut.as_mut().poll(cx).is_pending())
+            })
+            .await;
+            assert!(pending);
+            // dropped here: a client that went away mid-request
+        }
+        let n = c.state().pending.len();
+        assert_eq!(n, 0, "pending map leaks one entry per cancelled load");
     }
 }

@@ -10,11 +10,24 @@
 //! * **health / INFO / memory**: per node, from the cluster's node table (`CLUSTER NODES`), with a
 //!   `PING` or `INFO` sent to each node by address.
 
+use super::conn::{backend, map_error, Op, NAME};
+use super::managed::{parse_info, Info, Memory};
 use super::topology::ClusterNode;
-use super::{backend, parse_info, Op, RedisStore};
-use crate::store::{NodeHealth, RedisInfo, StoreError, StoreHealth, StoreKind, Usage};
+use super::RedisStore;
+use crate::store::{Health, StoreError};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// One node of the cluster as health reports it.
+struct NodeHealth {
+    address: String,
+    role: String,
+    /// A master serving slots (one without, such as a node still joining as a replica, serves no
+    /// session: its state does not decide the cluster's health).
+    serving: bool,
+    healthy: bool,
+    detail: String,
+}
 
 impl RedisStore {
     /// Runs `make(index)` on every shard index concurrently; answers the results in shard order.
@@ -56,9 +69,9 @@ impl RedisStore {
         };
         match tokio::time::timeout(limit, direct).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(super::map_error(e, cfg.command_timeout)),
+            Ok(Err(e)) => Err(map_error(e, cfg.command_timeout)),
             Err(_) => Err(StoreError::Timeout {
-                backend: StoreKind::Redis,
+                backend: NAME,
                 after: limit,
             }),
         }
@@ -82,7 +95,7 @@ impl RedisStore {
             .collect();
         if let Some(down) = masters.iter().find(|n| n.failed()) {
             return Err(StoreError::Unavailable {
-                backend: StoreKind::Redis,
+                backend: NAME,
                 source: format!("cluster master {} is marked failed", down.addr).into(),
             });
         }
@@ -141,7 +154,7 @@ impl RedisStore {
 
     /// Every node of the cluster with our own `PING` to it (concurrently, each bounded by the command
     /// timeout).
-    pub(super) async fn cluster_node_health(&self) -> Result<Vec<NodeHealth>, StoreError> {
+    async fn cluster_node_health(&self) -> Result<Vec<NodeHealth>, StoreError> {
         let nodes = self.cluster_nodes().await?;
         let mut tasks = tokio::task::JoinSet::new();
         for (i, node) in nodes.iter().enumerate() {
@@ -172,22 +185,24 @@ impl RedisStore {
                     None => (false, "no answer".to_owned()),
                 };
                 NodeHealth {
+                    serving: n.role == "master" && n.has_slots,
                     address: n.addr,
                     role: n.role.to_owned(),
                     healthy: up,
-                    detail: Some(detail),
+                    detail,
                 }
             })
             .collect())
     }
 
-    /// Healthy when the cluster says `cluster_state:ok` and every slot-serving master answers us.
-    pub(super) async fn cluster_health(&self) -> StoreHealth {
-        let down = |detail: String| StoreHealth {
-            serving: StoreKind::Redis,
-            healthy: false,
-            redis_healthy: Some(false),
-            detail: Some(detail),
+    /// Healthy when the cluster says `cluster_state:ok` and every slot-serving master answers us. Each
+    /// node goes to the operators' `nodes` field.
+    pub(super) async fn cluster_health(&self) -> Health {
+        let down = |detail: String| {
+            Health::ok(NAME)
+                .unavailable("not answering")
+                .with_backend(NAME, false)
+                .with_detail(detail)
         };
         let state: Result<String, StoreError> =
             self.exec(Op::Cmd(redis::cmd("CLUSTER").arg("INFO"))).await;
@@ -212,38 +227,36 @@ impl RedisStore {
             .count();
         let replicas = nodes.len() - masters;
         let summary = format!(
-            "cluster_state:{state}; masters {masters_up}/{masters} up, replicas {replicas_up}/{replicas} up; {}",
-            nodes
-                .iter()
-                .map(|n| format!(
-                    "{} {} {}",
-                    n.address,
-                    n.role,
-                    if n.healthy { "up" } else { "down" }
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "cluster_state:{state}; masters {masters_up}/{masters} up, replicas {replicas_up}/{replicas} up"
         );
         // A failed master that still owns slots makes the cluster refuse those slots (or, without
         // full coverage, lose them): not healthy.
-        let healthy = state == "ok"
-            && nodes
-                .iter()
-                .filter(|n| n.role == "master")
-                .all(|n| n.healthy);
-        StoreHealth {
-            serving: StoreKind::Redis,
-            healthy,
-            redis_healthy: Some(healthy),
-            detail: Some(summary),
+        let healthy = state == "ok" && nodes.iter().filter(|n| n.serving).all(|n| n.healthy);
+        let table: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "address": n.address,
+                    "role": n.role,
+                    "status": if n.healthy { "healthy" } else { "unhealthy" },
+                    "detail": n.detail,
+                })
+            })
+            .collect();
+        let h = Health::ok(NAME)
+            .with_backend(NAME, healthy)
+            .with_detail(summary)
+            .with_extra("nodes", table);
+        if healthy {
+            h
+        } else {
+            h.unavailable("cluster not serving every slot")
         }
     }
 
     /// `INFO` of every reachable node, keyed by `host:port`; an unreachable node gets an `error`
     /// section.
-    pub(super) async fn cluster_node_info(
-        &self,
-    ) -> Result<BTreeMap<String, RedisInfo>, StoreError> {
+    pub(super) async fn cluster_node_info(&self) -> Result<BTreeMap<String, Info>, StoreError> {
         let nodes = self.cluster_nodes().await?;
         let mut tasks = tokio::task::JoinSet::new();
         for node in nodes {
@@ -259,7 +272,7 @@ impl RedisStore {
             let info = match text {
                 Ok(t) => parse_info(&t),
                 Err(e) => {
-                    let mut info = RedisInfo::new();
+                    let mut info = Info::new();
                     info.entry("error".into())
                         .or_default()
                         .insert("message".into(), e.root_cause());
@@ -273,11 +286,11 @@ impl RedisStore {
 
     /// The cluster-wide part of `/redis-info`: `cluster` (`CLUSTER INFO`) and `nodes`
     /// (`host:port` → role and flags). Per-node `INFO` is [`RedisStore::cluster_node_info`].
-    pub(super) async fn cluster_info(&self) -> Result<RedisInfo, StoreError> {
+    pub(super) async fn cluster_info(&self) -> Result<Info, StoreError> {
         let text: String = self
             .exec(Op::Cmd(redis::cmd("CLUSTER").arg("INFO")))
             .await?;
-        let mut info = RedisInfo::new();
+        let mut info = Info::new();
         info.insert("cluster".into(), parse_kv(&text));
         let nodes = self.cluster_nodes().await?;
         info.insert(
@@ -291,35 +304,41 @@ impl RedisStore {
     }
 
     /// Memory of the masters, summed (replicas hold copies of the same data).
-    pub(super) async fn cluster_usage(&self) -> Result<Usage, StoreError> {
+    pub(super) async fn cluster_memory(&self) -> Result<Memory, StoreError> {
         let masters = self.cluster_masters().await?;
-        let mut used = 0u64;
-        let mut max = Some(0u64);
-        let mut policy = None;
+        let mut m = Memory {
+            max: Some(0),
+            ..Memory::default()
+        };
         for addr in &masters {
             let text: String = self
-                .exec(Op::OnNode(addr, redis::cmd("INFO").arg("memory")))
+                .exec(Op::OnNode(
+                    addr,
+                    redis::cmd("INFO").arg("memory").arg("stats"),
+                ))
                 .await?;
-            let mem = parse_info(&text).remove("memory").unwrap_or_default();
-            used += mem
+            let mut info = parse_info(&text);
+            let mem = info.remove("memory").unwrap_or_default();
+            m.used += mem
                 .get("used_memory")
                 .and_then(|v| v.parse::<u64>().ok())
                 .ok_or_else(|| backend(format!("INFO memory of {addr} has no used_memory")))?;
-            max = match (
-                max,
+            m.max = match (
+                m.max,
                 mem.get("maxmemory").and_then(|v| v.parse::<u64>().ok()),
             ) {
-                (Some(total), Some(m)) => Some(total + m),
+                (Some(total), Some(max)) => Some(total + max),
                 _ => None,
             };
-            policy = policy.or_else(|| mem.get("maxmemory_policy").cloned());
+            m.policy = m.policy.or_else(|| mem.get("maxmemory_policy").cloned());
+            m.evicted_keys += info
+                .get("stats")
+                .and_then(|s| s.get("evicted_keys"))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
         }
-        Ok(Usage::Redis {
-            used_memory: used,
-            used_memory_human: crate::store::human_bytes(used),
-            maxmemory: max,
-            maxmemory_policy: policy,
-        })
+        m.used_human = crate::store::human_bytes(m.used);
+        Ok(m)
     }
 }
 

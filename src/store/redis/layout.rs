@@ -127,6 +127,10 @@ impl Layout {
         } else {
             rest
         };
+        // `index` is the layout's own key (a store key could spell it; none the crate makes does).
+        if id == "index" {
+            return None;
+        }
         StoreKey::parse(id).ok()
     }
 }

@@ -75,20 +75,20 @@ impl ConnectionLike for Conn {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct ClusterNode {
     /// `host:port` (the client port).
-    pub addr: String,
+    pub(super) addr: String,
     /// `master` or `replica`.
-    pub role: &'static str,
+    pub(super) role: &'static str,
     /// The node's flags as the answering node sees them (`fail`, `fail?`, `myself`, ...).
-    pub flags: String,
+    pub(super) flags: String,
     /// Whether the cluster bus link to it is up.
-    pub connected: bool,
+    pub(super) connected: bool,
     /// Whether it serves slots (a master with at least one slot range).
-    pub has_slots: bool,
+    pub(super) has_slots: bool,
 }
 
 impl ClusterNode {
     /// Whether the cluster considers the node failed (or possibly failed).
-    pub fn failed(&self) -> bool {
+    pub(super) fn failed(&self) -> bool {
         self.flags.split(',').any(|f| f == "fail" || f == "fail?")
     }
 }
@@ -259,8 +259,12 @@ impl Connector {
         }
     }
 
-    /// Opens a connection (the caller bounds the wait).
-    pub(super) async fn connect(&self, config: &RedisConfig) -> RedisResult<Conn> {
+    /// Opens a connection (the caller bounds the wait), with the master's client when Sentinel named
+    /// it (the read cache follows the master).
+    pub(super) async fn connect(
+        &self,
+        config: &RedisConfig,
+    ) -> RedisResult<(Conn, Option<redis::Client>)> {
         let manager_config = || {
             ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout))
@@ -276,17 +280,20 @@ impl Connector {
             Connector::Single(client) => {
                 ConnectionManager::new_with_config(client.clone(), manager_config())
                     .await
-                    .map(Conn::Single)
+                    .map(|c| (Conn::Single(c), None))
             }
-            Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            Connector::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(|c| (Conn::Cluster(c), None)),
             Connector::Sentinel(sentinel) => {
                 // Ask the sentinels where the master is now (redis-rs checks the node's ROLE).
                 let client = sentinel.lock().await.async_get_client().await?;
                 tracing::debug!(master = ?client.get_connection_info().addr(),
                     "Sentinel named the Redis master");
-                ConnectionManager::new_with_config(client, manager_config())
+                ConnectionManager::new_with_config(client.clone(), manager_config())
                     .await
-                    .map(Conn::Single)
+                    .map(|c| (Conn::Single(c), Some(client)))
             }
         }
     }
@@ -327,6 +334,14 @@ impl Connector {
     /// Whether this is a cluster.
     pub(super) fn is_cluster(&self) -> bool {
         matches!(self, Connector::Cluster(_))
+    }
+
+    /// The one server's client (`None` for a cluster or Sentinel, whose servers are found later).
+    pub(super) fn single(&self) -> Option<&redis::Client> {
+        match self {
+            Connector::Single(c) => Some(c),
+            _ => None,
+        }
     }
 }
 
