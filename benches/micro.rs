@@ -44,17 +44,16 @@ fn record(small: bool) -> Record {
             "csrf": "3q2+7w3q2+7w3q2+7w3q2+7w3q2+7w",
         })
     };
-    Record {
-        created_at: Timestamp::from_millis(1_752_360_300_000),
-        last_access: Timestamp::from_millis(1_752_360_300_000),
-        expires: Timestamp::from_millis(1_752_446_700_000),
-        deadline: Timestamp::from_millis(1_752_965_100_000),
-        user_agent: Some(
-            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into(),
-        ),
-        user: Some("alice".into()),
-        data: data.as_object().unwrap().clone(),
-    }
+    let mut r = Record::new(
+        Timestamp::from_millis(1_752_360_300_000),
+        Timestamp::from_millis(1_752_446_700_000),
+        Timestamp::from_millis(1_752_965_100_000),
+    );
+    r.user_agent =
+        Some("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into());
+    r.user = Some("alice".into());
+    r.data = data.as_object().unwrap().clone();
+    r
 }
 
 fn records(c: &mut Criterion) {

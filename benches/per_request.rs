@@ -66,11 +66,17 @@ fn main() {
     rt.block_on(async {
         let layer = match std::env::var("PER_REQUEST_REDIS") {
             Ok(url) => {
-                let mut config = sessionforge::store::RedisConfig::new(&url).expect("redis url");
-                if std::env::var("PER_REQUEST_CACHE").is_ok() {
-                    config = config.with_read_cache(10_000);
-                }
-                let store = sessionforge::store::RedisStore::new(config).expect("redis store");
+                // The read cache is on by default now: off unless asked for, as before.
+                let cache = if std::env::var("PER_REQUEST_CACHE").is_ok() {
+                    10_000
+                } else {
+                    0
+                };
+                let store = sessionforge::store::redis::RedisConfig::new(&url)
+                    .expect("redis url")
+                    .with_read_cache(cache)
+                    .build()
+                    .expect("redis store");
                 SessionLayer::new(store).with_secure(false)
             }
             Err(_) => SessionLayer::new(MemoryStore::new()).with_secure(false),

@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use sessionforge::shutdown::Shutdown;
-use sessionforge::store::{FailoverStore, FileStore, MemoryStore, RedisConfig, RedisStore};
+use sessionforge::store::redis::{RedisConfig, RedisStore};
+use sessionforge::store::{FailoverStore, FileStore, MemoryStore};
 use sessionforge::{Session, SessionLayer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ async fn constant() -> &'static str {
     "0"
 }
 
+/// The Redis store's settings: the read cache only when `cached` (it is on by default; the plain
+/// Redis mode measures the store without it).
 fn redis_config(url: &str, cached: bool) -> RedisConfig {
     let config = RedisConfig::new(url)
         .expect("redis url")
@@ -75,8 +78,12 @@ fn redis_config(url: &str, cached: bool) -> RedisConfig {
     if cached {
         with_cache(config)
     } else {
-        config
+        config.with_read_cache(0)
     }
+}
+
+fn redis_store(config: RedisConfig) -> RedisStore {
+    config.build().expect("redis store")
 }
 
 fn with_cache(config: RedisConfig) -> RedisConfig {
@@ -97,19 +104,17 @@ async fn app(mode: Mode, redis_url: Option<&str>, dir: PathBuf, shutdown: &Shutd
             .route("/read", get(constant)),
         Mode::Memory => routes().layer(layer(SessionLayer::new(MemoryStore::new()))),
         Mode::Redis | Mode::RedisCached => {
-            let store = RedisStore::new(redis_config(
+            let store = redis_store(redis_config(
                 redis_url.expect("redis url"),
                 mode == Mode::RedisCached,
-            ))
-            .expect("redis store");
+            ));
             routes().layer(layer(SessionLayer::new(store)))
         }
         Mode::Failover => {
-            let redis =
-                RedisStore::new(redis_config(redis_url.expect("redis url"), false)).expect("store");
+            let redis = redis_store(redis_config(redis_url.expect("redis url"), false));
             let files = FileStore::new(dir);
             files.init().await.expect("file store directory");
-            let store = FailoverStore::new(redis, files).start(shutdown).await;
+            let store = FailoverStore::builder(redis, files).start(shutdown).await;
             routes().layer(layer(SessionLayer::new(store)))
         }
         Mode::File => {
