@@ -1,6 +1,11 @@
-//! The admin and health services over real HTTP on loopback: the seed's curl commands, mounting in Axum
-//! and in plain Hyper, pagination, delete, cleanup, protection, errors and `/metrics`.
+//! The admin router and the public health check over real HTTP on loopback: the seed's curl commands,
+//! mounting under Axum (`nest`, `merge`), plain Hyper and next to Tonic, pagination, delete, cleanup,
+//! protection (auth modes, Host names, proxies, cross-site requests), errors, the dashboard and
+//! `/metrics`.
 #![cfg(feature = "axum")]
+
+#[path = "../examples/greeter/mod.rs"]
+mod greeter;
 
 use axum::extract::ConnectInfo;
 use axum::routing;
@@ -9,16 +14,16 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sessionforge::admin::{AdminAuth, AdminService, PeerAddr};
-use sessionforge::expiry::{Clock, ManualClock, Timestamp};
+use sessionforge::expiry::{ManualClock, Timestamp};
 use sessionforge::id::{StoreKey, Token};
 use sessionforge::store::{
-    ChangeSet, Created, Loaded, ManagedStore, MemoryStore, Page, Record, RedisInfo, Saved,
-    SessionStore, StoreError, StoreHealth, StoreKind, Usage, Version,
+    ChangeSet, Created, Health, Loaded, MemoryStore, Page, Record, Replaced, Saved, SessionStore,
+    StoreError, Summary, Usage, Version,
 };
 use sessionforge::{Session, SessionError, SessionLayer};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 // ---------------------------------------------------------------------------------------------------
 // Harness
@@ -72,6 +77,11 @@ impl Reply {
         obj["error"].as_str().expect("error is a string").to_owned()
     }
 
+    /// The body as text.
+    fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).expect("a UTF-8 body")
+    }
+
     /// The session cookie the server set, if any.
     fn cookie(&self) -> Option<String> {
         self.headers
@@ -82,9 +92,100 @@ impl Reply {
             .map(|c| c.split(';').next().unwrap().to_owned())
             .filter(|c| !c.is_empty())
     }
+
+    /// The methods of the `Allow` header, whatever its spacing.
+    fn allow(&self) -> BTreeSet<String> {
+        allow_set(&self.headers)
+    }
 }
 
-/// One request over a fresh HTTP/1.1 connection.
+fn allow_set(headers: &HeaderMap) -> BTreeSet<String> {
+    headers
+        .get(header::ALLOW)
+        .unwrap_or_else(|| panic!("no Allow header in {headers:?}"))
+        .to_str()
+        .unwrap()
+        .split(',')
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+fn methods(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|m| (*m).to_owned()).collect()
+}
+
+/// The HTTP version a request goes out with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    /// HTTP/1.1, with a `Host` header naming the server's address (unless the test gives its own).
+    H1,
+    /// HTTP/2 without TLS (prior knowledge, as gRPC clients speak it): the host travels as the
+    /// `:authority` pseudo-header (the server's address, or the `host` the test gives), and no
+    /// `Host` header is sent.
+    H2,
+}
+
+/// One request over a fresh connection.
+async fn call(
+    addr: SocketAddr,
+    proto: Proto,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut req = Request::builder().method(method);
+    match proto {
+        Proto::H1 => {
+            req = req.uri(path);
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+                req = req.header(header::HOST, addr.to_string());
+            }
+        }
+        Proto::H2 => {
+            // A `host` given by the test names the authority instead (HTTP/2 has no Host header).
+            let authority = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+                .map_or_else(|| addr.to_string(), |(_, v)| (*v).to_owned());
+            req = req.uri(format!("http://{authority}{path}"));
+        }
+    }
+    for (k, v) in headers {
+        if proto == Proto::H2 && k.eq_ignore_ascii_case("host") {
+            continue;
+        }
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let res = match proto {
+        Proto::H1 => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        }
+        Proto::H2 => {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        }
+    };
+    let (parts, body) = res.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// One HTTP/1.1 request.
 async fn send(
     addr: SocketAddr,
     method: Method,
@@ -92,26 +193,7 @@ async fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, addr.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-    let res = sender.send_request(req).await.unwrap();
-    let (parts, body) = res.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
+    call(addr, Proto::H1, method, path, headers, body).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Reply {
@@ -153,21 +235,22 @@ async fn serve_axum(app: Router) -> SocketAddr {
     addr
 }
 
-/// Serves `admin` with plain Hyper: every path goes to it unchanged (no prefix stripping), and the
-/// socket peer is inserted as [`PeerAddr`].
-async fn serve_hyper<S: ManagedStore>(admin: AdminService<S>) -> SocketAddr {
+/// Serves `router` with plain Hyper (HTTP/1.1 and HTTP/2, hyper-util's auto builder): the router as a
+/// Tower service through `TowerToHyperService`, with the socket peer inserted as [`PeerAddr`] into
+/// every request of the connection.
+async fn serve_hyper(router: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = listener.accept().await.unwrap();
-            let admin = admin.clone();
+            let router = router.clone();
             tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(PeerAddr(peer));
-                        admin.clone().call(req)
-                    });
+                let svc = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    req
+                });
+                let svc = hyper_util::service::TowerToHyperService::new(svc);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
@@ -177,29 +260,74 @@ async fn serve_hyper<S: ManagedStore>(admin: AdminService<S>) -> SocketAddr {
     addr
 }
 
+/// Serves a Tonic server on a free loopback port: the greeter (`greeter.Greeter/SayHello`, sessions in
+/// `sessions` through the `x-session-id` metadata header) and, on the same port and the same
+/// connections, the admin at `/api/sessions` and the public health at `/api/health`. HTTP/1.1 is
+/// accepted beside gRPC's HTTP/2, for `curl`. The peer comes from Tonic's `TcpConnectInfo`, inserted as
+/// [`PeerAddr`] by a small layer, so loopback mode works.
+async fn serve_tonic(admin: &AdminService, sessions: MemoryStore) -> SocketAddr {
+    use tonic::service::Routes;
+    use tonic::transport::server::{TcpConnectInfo, TcpIncoming};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = Routes::new(greeter::Greeter)
+        .into_axum_router()
+        .nest("/api/health", admin.health())
+        .nest("/api/sessions", admin.router());
+    let peer = tower::util::MapRequestLayer::new(|mut req: Request<tonic::body::Body>| {
+        let remote = req
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(|c| c.remote_addr());
+        if let Some(remote) = remote {
+            req.extensions_mut().insert(PeerAddr(remote));
+        }
+        req
+    });
+    let layer = SessionLayer::new(sessions)
+        .with_header(http::HeaderName::from_static(greeter::SESSION_HEADER));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .accept_http1(true)
+            .layer(peer)
+            .layer(layer)
+            .add_routes(Routes::from(router))
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    addr
+}
+
 async fn me(session: Session) -> Result<Json<Value>, SessionError> {
     let visits: u64 = session.get("visits").await?.unwrap_or(0) + 1;
     session.insert("visits", visits).await?;
     Ok(Json(json!({ "visits": visits })))
 }
 
-/// The djforge shape: a session app at `/api/me`, admin at `/api/sessions`, health at `/api/health`.
-fn app(store: MemoryStore, clock: Option<ManualClock>, admin_auth: Option<AdminAuth>) -> Router {
-    let mut layer = SessionLayer::new(store.clone())
+/// The djforge shape: a session app at `/api/me`, `admin` at `/api/sessions`, its public health at
+/// `/api/health`. The store's clock is the layer's.
+fn app_with(store: MemoryStore, admin: &AdminService) -> Router {
+    let layer = SessionLayer::new(store)
         .with_secure(false)
         .with_idle_timeout(Duration::from_secs(60));
-    if let Some(c) = clock {
-        layer = layer.with_clock(c);
-    }
-    let mut admin = AdminService::new(store);
-    if let Some(a) = admin_auth {
-        admin = admin.with_auth(a);
-    }
     Router::new()
         .route("/api/me", routing::get(me))
         .layer(layer)
-        .nest_service("/api/health", admin.health_service())
-        .nest_service("/api/sessions", admin)
+        .nest("/api/health", admin.health())
+        .nest("/api/sessions", admin.router())
+}
+
+/// [`app_with`] over an admin of `store` with `admin_auth` (loopback-only by default).
+fn app(store: MemoryStore, admin_auth: Option<AdminAuth>) -> Router {
+    let mut admin = AdminService::new(store.clone());
+    if let Some(a) = admin_auth {
+        admin = admin.with_auth(a);
+    }
+    app_with(store, &admin)
+}
+
+/// A memory store on `clock`.
+fn memory_at(clock: &ManualClock) -> MemoryStore {
+    MemoryStore::builder().with_clock(clock.clone()).build()
 }
 
 /// A visit to `/api/me` with `cookie` (or none); answers the visit count and the cookie to use next.
@@ -225,32 +353,30 @@ fn assert_rfc3339(v: &Value) {
 }
 
 fn record(now: Timestamp, ttl: Duration) -> Record {
-    Record {
-        created_at: now,
-        last_access: now,
-        expires: now.plus(ttl),
-        deadline: now.plus(ttl * 2),
-        user_agent: Some("test".into()),
-        user: Some("alice".into()),
-        data: Default::default(),
-    }
+    let mut r = Record::new(now, now.plus(ttl), now.plus(ttl * 2));
+    r.user_agent = Some("test".into());
+    r.user = Some("alice".into());
+    r
 }
 
-async fn fill(store: &MemoryStore, n: usize) -> Vec<StoreKey> {
-    let now = sessionforge::expiry::SystemClock.now();
+/// Stores `n` sessions of alice in `store`, expiring in ten minutes.
+async fn fill<S: SessionStore>(store: &S, n: usize) -> Vec<StoreKey> {
+    let now = store.clock().now();
     let mut keys = Vec::new();
     for _ in 0..n {
         let k = Token::generate().store_key();
-        store
+        let created = store
             .create(&k, &record(now, Duration::from_secs(600)))
             .await
             .unwrap();
+        assert_eq!(created, Created::Created);
         keys.push(k);
     }
     keys
 }
 
-/// A request as a router sees it from `peer` (real traffic in these tests is all loopback).
+/// A request as a router sees it from `peer` (real traffic in these tests is all loopback). It asks
+/// for `localhost:3001` unless `headers` name another host.
 fn from_peer(
     method: Method,
     path: &str,
@@ -258,6 +384,9 @@ fn from_peer(
     headers: &[(&str, &str)],
 ) -> Request<axum::body::Body> {
     let mut req = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header(header::HOST, "localhost:3001");
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -279,16 +408,20 @@ async fn oneshot_status(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// A Redis-shaped store, to exercise the Redis answers without a Redis
+// Stores for the admin to report on: one shaped like Redis, one with only the core contract
 // ---------------------------------------------------------------------------------------------------
 
-/// Reports itself as Redis, with configurable memory policy, and can be switched "down".
+/// Reports itself as Redis, with a configurable memory policy (and the warning the Redis store gives
+/// for an `allkeys-*` one), cluster-style operator detail in its health, and can be switched "down".
 #[derive(Clone)]
 struct FakeRedis {
     inner: MemoryStore,
     down: Arc<AtomicBool>,
     policy: Option<&'static str>,
 }
+
+/// What only operators may see: the fake's health detail names a host.
+const FAKE_DETAIL_DOWN: &str = "Connection refused (os error 111) talking to 10.0.0.7:6379";
 
 impl FakeRedis {
     fn new(policy: Option<&'static str>) -> Self {
@@ -302,7 +435,7 @@ impl FakeRedis {
     fn check(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
             Err(StoreError::Unavailable {
-                backend: StoreKind::Redis,
+                backend: "redis",
                 source: "Connection refused".into(),
             })
         } else {
@@ -312,6 +445,9 @@ impl FakeRedis {
 }
 
 impl SessionStore for FakeRedis {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
     async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
         self.check()?;
         self.inner.load(key).await
@@ -320,11 +456,20 @@ impl SessionStore for FakeRedis {
         self.check()?;
         self.inner.create(key, record).await
     }
+    async fn replace(
+        &self,
+        key: &StoreKey,
+        expected: &Version,
+        record: Option<&Record>,
+    ) -> Result<Replaced, StoreError> {
+        self.check()?;
+        self.inner.replace(key, expected, record).await
+    }
     async fn save(
         &self,
         key: &StoreKey,
         base: &Version,
-        ours: &std::sync::Arc<Record>,
+        ours: &Arc<Record>,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         self.check()?;
@@ -334,18 +479,9 @@ impl SessionStore for FakeRedis {
         self.check()?;
         self.inner.delete(key).await
     }
-    async fn user_sessions(
-        &self,
-        user: &str,
-    ) -> Result<Vec<sessionforge::store::Summary>, StoreError> {
+    async fn user_sessions(&self, user: &str) -> Result<Vec<Summary>, StoreError> {
         self.check()?;
         self.inner.user_sessions(user).await
-    }
-}
-
-impl ManagedStore for FakeRedis {
-    fn kind(&self) -> StoreKind {
-        StoreKind::Redis
     }
     async fn count(&self) -> Result<u64, StoreError> {
         self.check()?;
@@ -362,32 +498,172 @@ impl ManagedStore for FakeRedis {
         self.check()?;
         self.inner.cleanup().await
     }
-    async fn health(&self) -> StoreHealth {
-        let down = self.down.load(Ordering::SeqCst);
-        StoreHealth {
-            serving: StoreKind::Redis,
-            healthy: !down,
-            redis_healthy: Some(!down),
-            detail: down.then(|| "Connection refused".to_owned()),
+    async fn health(&self) -> Health {
+        if self.down.load(Ordering::SeqCst) {
+            Health::ok("redis")
+                .unavailable("not answering")
+                .with_backend("redis", false)
+                .with_detail(FAKE_DETAIL_DOWN)
+        } else {
+            Health::ok("redis")
+                .with_backend("redis", true)
+                .with_detail("PING 0.2 ms at 10.0.0.7:6379")
+                .with_extra(
+                    "nodes",
+                    json!([{"address": "10.0.0.7:6379", "role": "master", "status": "ok"}]),
+                )
         }
     }
     async fn usage(&self) -> Result<Usage, StoreError> {
         self.check()?;
-        Ok(Usage::Redis {
-            used_memory: 1_024_000,
-            used_memory_human: "1000.00K".into(),
-            maxmemory: self.policy.map(|_| 104_857_600),
-            maxmemory_policy: self.policy.map(str::to_owned),
-        })
+        let mut u = Usage::new("memoryUsage")
+            .with("used_memory", "1024000")
+            .with("used_memory_human", "1000.00K");
+        if let Some(policy) = self.policy {
+            u = u
+                .with("maxmemory", "104857600")
+                .with("maxmemory_policy", policy);
+            if policy.starts_with("allkeys-") {
+                u = u.warn(format!(
+                    "Redis maxmemory-policy is {policy}: under memory pressure Redis evicts live \
+                     sessions; use noeviction or volatile-lru"
+                ));
+            }
+        }
+        Ok(u)
     }
-    async fn redis_info(&self) -> Result<Option<RedisInfo>, StoreError> {
+    async fn info(&self) -> Result<Option<Map<String, Value>>, StoreError> {
         self.check()?;
-        let mut info = RedisInfo::new();
-        let mut server = BTreeMap::new();
-        server.insert("redis_version".to_owned(), "7.2.4".to_owned());
-        info.insert("server".to_owned(), server);
-        Ok(Some(info))
+        let info = json!({"redis": {"server": {"redis_version": "7.2.4"}}});
+        Ok(info.as_object().cloned())
     }
+}
+
+/// A store implementing only the core of the contract (name and the four primitives) over a memory
+/// store: every optional capability answers "unsupported".
+#[derive(Clone, Default)]
+struct CoreOnly(MemoryStore);
+
+impl SessionStore for CoreOnly {
+    fn name(&self) -> &'static str {
+        "core-only"
+    }
+    async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
+        self.0.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
+        self.0.create(key, record).await
+    }
+    async fn replace(
+        &self,
+        key: &StoreKey,
+        expected: &Version,
+        record: Option<&Record>,
+    ) -> Result<Replaced, StoreError> {
+        self.0.replace(key, expected, record).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        self.0.delete(key).await
+    }
+}
+
+/// Calls every route of an admin over a [`MemoryStore`] (`store`, holding no sessions yet) mounted
+/// at `prefix` (`""` when merged at the root), through `proto`, and checks each answer. `metrics`:
+/// whether the admin has an exporter.
+async fn every_route(
+    addr: SocketAddr,
+    proto: Proto,
+    prefix: &str,
+    store: &MemoryStore,
+    metrics: bool,
+) {
+    let at = |p: &str| format!("{prefix}{p}");
+    let go = |method: Method, path: String| async move {
+        call(addr, proto, method, &path, &[], "").await
+    };
+    let keys = fill(store, 3).await;
+    let ctx = format!("{proto:?} {prefix:?}");
+
+    let r = go(Method::GET, at("/stats")).await;
+    assert_eq!(r.status, StatusCode::OK, "{ctx}: {:?}", r.body);
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+    let v = r.json();
+    assert_eq!(v["sessionStore"], "memory", "{ctx}");
+    assert_eq!(v["sessionCount"], 3, "{ctx}");
+    assert!(v["memoryUsage"]["used_memory"].is_string(), "{ctx}: {v}");
+
+    let v = go(Method::GET, at("/sessions?limit=2")).await.json();
+    assert_eq!(v["total"], 3, "{ctx}");
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 2, "{ctx}");
+    let cursor = v["nextCursor"].as_str().expect("a next page").to_owned();
+    let v = go(
+        Method::GET,
+        at(&format!("/sessions?limit=2&cursor={cursor}")),
+    )
+    .await
+    .json();
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 1, "{ctx}");
+    assert_eq!(v["nextCursor"], Value::Null, "{ctx}");
+
+    let v = go(Method::GET, at("/users/alice/sessions")).await.json();
+    assert_eq!(v["user"], "alice", "{ctx}");
+    assert_eq!(v["total"], 3, "{ctx}");
+
+    let v = go(Method::DELETE, at(&format!("/sessions/{}", keys[0])))
+        .await
+        .json();
+    assert_eq!(v["success"], true, "{ctx}");
+    go(Method::DELETE, at(&format!("/sessions/{}", keys[0])))
+        .await
+        .error(StatusCode::NOT_FOUND);
+
+    let v = go(Method::DELETE, at("/users/alice/sessions")).await.json();
+    assert_eq!(v["success"], true, "{ctx}");
+    assert_eq!(v["deletedSessions"], 2, "{ctx}");
+    assert_eq!(store.count().await.unwrap(), 0, "{ctx}");
+
+    let v = go(Method::POST, at("/cleanup")).await.json();
+    assert_eq!(v["success"], true, "{ctx}");
+    assert_eq!(v["deletedSessions"], 0, "{ctx}");
+
+    let msg = go(Method::GET, at("/redis-info"))
+        .await
+        .error(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(msg.contains("memory"), "{ctx}: {msg}");
+
+    let v = go(Method::GET, at("/health")).await.json();
+    assert_eq!(v["status"], "ok", "{ctx}");
+    assert_eq!(v["sessionStore"], "memory", "{ctx}");
+
+    let r = go(Method::GET, at("/metrics")).await;
+    if metrics {
+        assert_eq!(r.status, StatusCode::OK, "{ctx}: {:?}", r.body);
+        assert_eq!(
+            r.headers[header::CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+    } else {
+        let msg = r.error(StatusCode::NOT_FOUND);
+        assert!(msg.contains("with_metrics"), "{ctx}: {msg}");
+    }
+
+    for (page, kind) in [
+        ("/dashboard", "text/html"),
+        ("/dashboard.css", "text/css"),
+        ("/dashboard.js", "text/javascript"),
+    ] {
+        let r = go(Method::GET, at(page)).await;
+        assert_eq!(r.status, StatusCode::OK, "{ctx} {page}");
+        let ct = r.headers[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(ct.starts_with(kind), "{ctx} {page}: {ct}");
+    }
+
+    go(Method::GET, at("/no-such-route"))
+        .await
+        .error(StatusCode::NOT_FOUND);
+    let r = go(Method::POST, at("/stats")).await;
+    r.error(StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.allow(), methods(&["GET", "HEAD"]), "{ctx}");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -398,7 +674,7 @@ impl ManagedStore for FakeRedis {
 async fn each_seed_command_answers_the_documented_json_shape() {
     bounded(async {
         let store = MemoryStore::new();
-        let addr = serve_axum(app(store.clone(), None, None)).await;
+        let addr = serve_axum(app(store.clone(), None)).await;
         let (_, c1) = visit(addr, None, "curl/8.5.0").await;
         visit(addr, None, "Mozilla/5.0").await;
 
@@ -440,9 +716,10 @@ async fn each_seed_command_answers_the_documented_json_shape() {
             agents,
             HashSet::from(["curl/8.5.0".to_owned(), "Mozilla/5.0".to_owned()])
         );
-        assert!(
-            !String::from_utf8_lossy(&get(addr, "/api/sessions/sessions").await.body).contains(&c1)
-        );
+        assert!(!get(addr, "/api/sessions/sessions")
+            .await
+            .text()
+            .contains(&c1));
         let my_id = Token::parse(&c1).unwrap().store_key();
         assert!(sessions.iter().any(|s| s["id"] == my_id.as_str()));
 
@@ -468,15 +745,19 @@ async fn each_seed_command_answers_the_documented_json_shape() {
         assert_eq!(v["sessionStore"], "memory");
         assert_rfc3339(&v["timestamp"]);
         assert!(v.get("redis").is_none(), "{v}");
+        assert!(v.get("detail").is_none(), "{v}");
     })
     .await
 }
 
 #[tokio::test]
-async fn a_redis_store_reports_memory_info_and_warns_about_allkeys_eviction() {
+async fn a_redis_store_reports_memory_info_and_its_warnings() {
     bounded(async {
         let store = FakeRedis::new(Some("allkeys-lru"));
-        let addr = serve_hyper(AdminService::new(store.clone())).await;
+        let addr = serve_hyper(
+            Router::new().nest("/api/sessions", AdminService::new(store.clone()).router()),
+        )
+        .await;
 
         let v = get(addr, "/api/sessions/stats").await.json();
         assert_eq!(v["sessionStore"], "redis");
@@ -484,9 +765,11 @@ async fn a_redis_store_reports_memory_info_and_warns_about_allkeys_eviction() {
         assert_eq!(v["memoryUsage"]["used_memory_human"], "1000.00K");
         assert_eq!(v["memoryUsage"]["maxmemory"], "104857600");
         assert_eq!(v["memoryUsage"]["maxmemory_policy"], "allkeys-lru");
+        // The store's warnings are passed through as it words them (the Redis store's own wording
+        // is checked in its unit tests).
         let warnings = v["warnings"].as_array().unwrap();
         assert_eq!(warnings.len(), 1, "{v}");
-        assert!(warnings[0].as_str().unwrap().contains("volatile-lru"));
+        assert!(warnings[0].as_str().unwrap().contains("allkeys-lru"));
 
         let v = get(addr, "/api/sessions/redis-info").await.json();
         assert_eq!(v["redis"]["server"]["redis_version"], "7.2.4");
@@ -498,45 +781,104 @@ async fn a_redis_store_reports_memory_info_and_warns_about_allkeys_eviction() {
             (Some("ok"), Some("healthy"))
         );
 
-        // CONFIG forbidden: no policy known, no warning, no error.
-        let quiet = serve_hyper(AdminService::new(FakeRedis::new(None))).await;
+        // CONFIG forbidden: no policy known, no warning, no error (unnested: at the root).
+        let quiet = serve_hyper(AdminService::new(FakeRedis::new(None)).router()).await;
         let v = get(quiet, "/stats").await.json();
         assert!(v["memoryUsage"].get("maxmemory_policy").is_none(), "{v}");
         assert_eq!(v["warnings"], json!([]));
 
         // A volatile policy is fine.
-        let fine = serve_hyper(AdminService::new(FakeRedis::new(Some("volatile-lru")))).await;
+        let fine =
+            serve_hyper(AdminService::new(FakeRedis::new(Some("volatile-lru"))).router()).await;
         assert_eq!(get(fine, "/stats").await.json()["warnings"], json!([]));
     })
     .await
 }
 
-#[tokio::test]
+/// Installs a Prometheus recorder for this thread (the test's current-thread runtime, where the
+/// servers it spawns run too) and answers an admin's `with_metrics` renderer for it; histograms get
+/// buckets.
+#[cfg(feature = "metrics")]
+fn prometheus() -> (
+    metrics_exporter_prometheus::PrometheusRecorder,
+    impl Fn() -> String + Send + Sync + 'static,
+) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.0005, 0.005, 0.05, 0.5, 5.0])
+        .unwrap()
+        .build_recorder();
+    let handle = recorder.handle();
+    (recorder, move || handle.render())
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "current_thread")]
 async fn a_down_store_is_a_503_json_error_and_health_says_unavailable() {
+    let (recorder, render) = prometheus();
+    let _local = metrics::set_default_local_recorder(&recorder);
     bounded(async {
         let store = FakeRedis::new(None);
-        let addr = serve_hyper(AdminService::new(store.clone())).await;
+        let admin = AdminService::new(store.clone()).with_metrics(render);
+        let addr = serve_hyper(
+            Router::new()
+                .nest("/api/health", admin.health())
+                .merge(admin.router()),
+        )
+        .await;
         store.down.store(true, Ordering::SeqCst);
-        for path in ["/stats", "/sessions", "/redis-info"] {
+        for path in [
+            "/stats",
+            "/sessions",
+            "/redis-info",
+            "/users/alice/sessions",
+        ] {
             let msg = get(addr, path).await.error(StatusCode::SERVICE_UNAVAILABLE);
             assert!(msg.contains("unavailable"), "{path}: {msg}");
         }
         send(addr, Method::POST, "/cleanup", &[], "")
             .await
             .error(StatusCode::SERVICE_UNAVAILABLE);
+        let key = Token::generate().store_key();
+        send(addr, Method::DELETE, &format!("/sessions/{key}"), &[], "")
+            .await
+            .error(StatusCode::SERVICE_UNAVAILABLE);
+        // The admin's own health: for operators, with the detail.
         let r = get(addr, "/health").await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
         let v = r.json();
         assert_eq!(v["status"], "unavailable");
         assert_eq!(v["redis"], "unhealthy");
         assert_eq!(v["sessionStore"], "redis");
-        assert!(v["detail"].is_string());
-        // Metrics still answer while the store is down, reporting Redis as down.
+        assert_eq!(v["detail"], FAKE_DETAIL_DOWN);
+        // The public one: the same verdict and a short reason, no backend text.
+        let r = get(addr, "/api/health").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        let v = r.json();
+        assert_eq!(v["status"], "unavailable");
+        assert_eq!(v["redis"], "unhealthy");
+        assert_eq!(v["sessionStore"], "redis");
+        assert_eq!(v["reason"], "not answering");
+        assert!(v.get("detail").is_none(), "{v}");
+        assert!(!r.text().contains("10.0.0.7"), "{v}");
+        // Metrics still answer while the store is down: the failed store calls are counted, and the
+        // session gauge, which needs a count, is left unset rather than wrong.
         let r = get(addr, "/metrics").await;
         assert_eq!(r.status, StatusCode::OK);
-        let text = String::from_utf8(r.body.to_vec()).unwrap();
-        assert!(text.contains("\nsessionforge_redis_up 0\n"), "{text}");
-        assert!(!text.contains("\nsessionforge_sessions "), "{text}");
+        let text = r.text();
+        let samples = parse_prometheus(&text);
+        let errors: f64 = samples
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("sessionforge_store_errors_total")
+                    && k.contains("kind=\"unavailable\"")
+            })
+            .map(|(_, v)| v)
+            .sum();
+        // One for each store call that failed: the count of /stats, the listing, the user's
+        // sessions, cleanup, the delete, and the count before this rendering (health and backend
+        // information are not store calls).
+        assert_eq!(errors, 6.0, "{text}");
+        assert!(!samples.contains_key("sessionforge_sessions"), "{text}");
     })
     .await
 }
@@ -546,69 +888,339 @@ async fn a_down_store_is_a_503_json_error_and_health_says_unavailable() {
 // ---------------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn plain_hyper_without_prefix_stripping_reaches_every_route() {
+async fn axum_serves_every_route_nested_at_api_sessions_and_admin_and_merged_at_the_root() {
     bounded(async {
+        // Nested at /api/sessions, beside a session app and the public health (the djforge shape).
         let store = MemoryStore::new();
-        let keys = fill(&store, 3).await;
-        let addr = serve_hyper(AdminService::new(store.clone())).await;
-        for path in ["/api/sessions/stats", "/stats", "/admin/x/stats"] {
-            assert_eq!(get(addr, path).await.json()["sessionCount"], 3, "{path}");
-        }
-        for path in ["/api/sessions/sessions", "/sessions"] {
-            assert_eq!(get(addr, path).await.json()["total"], 3, "{path}");
-        }
-        let r = send(
-            addr,
-            Method::DELETE,
-            &format!("/api/sessions/sessions/{}", keys[0]),
-            &[],
-            "",
-        )
-        .await;
-        assert_eq!(r.json()["success"], true);
-        let r = send(
-            addr,
-            Method::DELETE,
-            &format!("/sessions/{}", keys[1]),
-            &[],
-            "",
-        )
-        .await;
-        assert_eq!(r.json()["success"], true);
-        assert_eq!(store.count().await.unwrap(), 1);
+        let addr = serve_axum(app(store.clone(), None)).await;
+        every_route(addr, Proto::H1, "/api/sessions", &store, false).await;
+        // Not at the root, and not under another prefix.
+        assert_eq!(get(addr, "/stats").await.status, StatusCode::NOT_FOUND);
         assert_eq!(
-            get(addr, "/api/sessions/health").await.json()["status"],
-            "ok"
+            get(addr, "/admin/stats").await.status,
+            StatusCode::NOT_FOUND
         );
+
+        // Nested at /admin, with an exporter.
+        let store = MemoryStore::new();
+        let admin = AdminService::new(store.clone()).with_metrics(|| "# empty\n".to_owned());
+        let addr = serve_axum(
+            Router::new()
+                .route("/", routing::get(|| async { "home" }))
+                .nest("/admin", admin.router()),
+        )
+        .await;
+        every_route(addr, Proto::H1, "/admin", &store, true).await;
+        assert_eq!(get(addr, "/").await.text(), "home");
+        assert_eq!(
+            get(addr, "/api/sessions/stats").await.status,
+            StatusCode::NOT_FOUND
+        );
+
+        // Merged at the root of an application router.
+        let store = MemoryStore::new();
+        let admin = AdminService::new(store.clone());
+        let addr = serve_axum(
+            Router::new()
+                .route("/api/me", routing::get(me))
+                .layer(SessionLayer::new(store.clone()).with_secure(false))
+                .merge(admin.router()),
+        )
+        .await;
+        every_route(addr, Proto::H1, "", &store, false).await;
+        // The application's own routes still answer beside it.
+        visit(addr, None, "merged").await;
+        assert_eq!(get(addr, "/stats").await.json()["sessionCount"], 1);
     })
     .await
 }
 
 #[tokio::test]
-async fn axum_nest_service_strips_the_prefix_and_health_answers_at_its_mount_point() {
+async fn plain_hyper_serves_the_unnested_router_at_its_root_and_a_nested_one_under_its_prefix() {
+    bounded(async {
+        // The router as it is: its routes at the root (there is no suffix matching any more).
+        let store = MemoryStore::new();
+        let addr = serve_hyper(AdminService::new(store.clone()).router()).await;
+        every_route(addr, Proto::H1, "", &store, false).await;
+        for path in ["/api/sessions/stats", "/admin/x/stats"] {
+            get(addr, path).await.error(StatusCode::NOT_FOUND);
+        }
+
+        // Nested under a prefix: only there.
+        let store = MemoryStore::new();
+        let admin = AdminService::new(store.clone());
+        let addr = serve_hyper(
+            Router::new()
+                .nest("/api/health", admin.health())
+                .nest("/api/sessions", admin.router()),
+        )
+        .await;
+        every_route(addr, Proto::H1, "/api/sessions", &store, false).await;
+        assert_eq!(get(addr, "/stats").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(addr, "/api/health").await.json()["status"], "ok");
+
+        // Loopback mode reads the PeerAddr the server inserted: a remote one is refused.
+        let mut req = Request::get("/stats")
+            .header(header::HOST, "localhost")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(PeerAddr("192.0.2.1:5000".parse().unwrap()));
+        let res = AdminService::new(store)
+            .router()
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn next_to_a_tonic_service_one_server_answers_grpc_and_admin_calls() {
+    bounded(async {
+        let sessions = MemoryStore::new();
+        let admin = AdminService::new(sessions.clone());
+        let addr = serve_tonic(&admin, sessions.clone()).await;
+
+        // A real gRPC call, with a session.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (reply, token) = greeter::say_hello(channel.clone(), "Ada", None)
+            .await
+            .unwrap();
+        assert_eq!(reply.message, "Hello, Ada!");
+        assert_eq!(reply.count, 1);
+        let token = token.expect("a new session's token in the metadata");
+        let (reply, _) = greeter::say_hello(channel.clone(), "Ada", Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(reply.count, 2);
+
+        // The admin on the same port sees that session (over HTTP/1.1 here, as curl speaks it; HTTP/2
+        // in `http2_clients_…`).
+        for proto in [Proto::H1] {
+            let r = call(addr, proto, Method::GET, "/api/sessions/stats", &[], "").await;
+            assert_eq!(r.status, StatusCode::OK, "{proto:?}: {:?}", r.body);
+            assert_eq!(r.json()["sessionCount"], 1, "{proto:?}");
+            let v = call(addr, proto, Method::GET, "/api/sessions/sessions", &[], "")
+                .await
+                .json();
+            let id = Token::parse(&token).unwrap().store_key();
+            assert_eq!(v["sessions"][0]["id"], id.as_str(), "{proto:?}");
+            let r = call(addr, proto, Method::GET, "/api/health", &[], "").await;
+            assert_eq!(r.json()["status"], "ok", "{proto:?}");
+        }
+
+        // An admin delete ends the gRPC client's session: its next call starts afresh.
+        let id = Token::parse(&token).unwrap().store_key();
+        let v = send(
+            addr,
+            Method::DELETE,
+            &format!("/api/sessions/sessions/{id}"),
+            &[],
+            "",
+        )
+        .await
+        .json();
+        assert_eq!(v["success"], true);
+        let (reply, fresh) = greeter::say_hello(channel.clone(), "Ada", Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(reply.count, 1);
+        assert!(fresh.is_some());
+
+        assert_eq!(sessions.count().await.unwrap(), 1);
+
+        // Every route.
+        let store = MemoryStore::new();
+        let admin = AdminService::new(store.clone());
+        let addr = serve_tonic(&admin, MemoryStore::new()).await;
+        every_route(addr, Proto::H1, "/api/sessions", &store, false).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http2_clients_name_the_host_in_the_authority_and_are_served_in_loopback_mode() {
+    bounded(async {
+        // Over HTTP/2 the host travels as `:authority` (the request URI's authority), not as a Host
+        // header. Where no host check applies, every route answers over HTTP/2 alike.
+        let store = MemoryStore::new();
+        let open = AdminService::new(store.clone()).with_auth(AdminAuth::insecure_open_to_anyone());
+        let addr = serve_hyper(open.router()).await;
+        every_route(addr, Proto::H2, "", &store, false).await;
+
+        // Loopback mode must accept a loopback authority as it accepts a loopback Host, and a
+        // same-origin Origin must compare equal to it: plain Hyper, unnested and nested ...
+        let same_origin = |addr: SocketAddr| format!("http://{addr}");
+        let store = MemoryStore::new();
+        let addr = serve_hyper(AdminService::new(store.clone()).router()).await;
+        let r = call(addr, Proto::H2, Method::GET, "/stats", &[], "").await;
+        assert_eq!(r.status, StatusCode::OK, "unnested: {:?}", r.body);
+        let origin = same_origin(addr);
+        let r = call(
+            addr,
+            Proto::H2,
+            Method::POST,
+            "/cleanup",
+            &[("origin", origin.as_str())],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "same-origin POST: {:?}", r.body);
+        every_route(addr, Proto::H2, "", &store, false).await;
+
+        let store = MemoryStore::new();
+        let admin = AdminService::new(store.clone());
+        let addr = serve_hyper(
+            Router::new()
+                .nest("/api/health", admin.health())
+                .nest("/api/sessions", admin.router()),
+        )
+        .await;
+        every_route(addr, Proto::H2, "/api/sessions", &store, false).await;
+        let r = call(addr, Proto::H2, Method::GET, "/api/health", &[], "").await;
+        assert_eq!(r.json()["status"], "ok");
+        // ... a foreign authority is refused as a foreign Host is (DNS rebinding).
+        let r = call(
+            addr,
+            Proto::H2,
+            Method::GET,
+            "/api/sessions/stats",
+            &[("host", "evil.example")],
+            "",
+        )
+        .await;
+        r.error(StatusCode::FORBIDDEN);
+
+        // ... and next to Tonic, whose clients all speak HTTP/2.
+        let store = MemoryStore::new();
+        let admin = AdminService::new(store.clone());
+        let addr = serve_tonic(&admin, MemoryStore::new()).await;
+        every_route(addr, Proto::H2, "/api/sessions", &store, false).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_public_health_answers_at_its_mount_point() {
     bounded(async {
         let store = MemoryStore::new();
         fill(&store, 2).await;
-        let addr = serve_axum(app(store, None, None)).await;
+        let addr = serve_axum(app(store, None)).await;
         assert_eq!(
             get(addr, "/api/sessions/stats").await.json()["sessionCount"],
             2
         );
-        // The health service answers at its mount point, whatever follows.
-        for path in ["/api/health", "/api/health/", "/api/health/live"] {
+        // (Only the mount point itself: Axum does not route `/api/health/` into a router nested at
+        // `/api/health`; the old health service answered any path below it.)
+        for path in ["/api/health"] {
             let r = get(addr, path).await;
             assert_eq!(r.status, StatusCode::OK, "{path}");
             assert_eq!(r.json()["status"], "ok", "{path}");
+            assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
         }
+        // It is a router of its own now: paths below its mount point are not health checks (the old
+        // health service answered whatever followed).
+        get(addr, "/api/health/live")
+            .await
+            .error(StatusCode::NOT_FOUND);
         let r = send(addr, Method::POST, "/api/health", &[], "").await;
         r.error(StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(r.headers[header::ALLOW], "GET, HEAD");
+        assert_eq!(r.allow(), methods(&["GET", "HEAD"]));
+        // Open to anyone, whatever the admin's protection.
+        let app = app(MemoryStore::new(), Some(AdminAuth::bearer("tok")));
+        let (status, _, v) = oneshot_status(
+            &app,
+            from_peer(
+                Method::GET,
+                "/api/health",
+                "203.0.113.9:1",
+                &[("host", "evil.example"), ("x-forwarded-for", "1.2.3.4")],
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v["status"], "ok");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_public_health_shows_no_backend_detail_while_the_admins_health_does() {
+    bounded(async {
+        let store = FakeRedis::new(None);
+        let admin = AdminService::new(store.clone());
+        let addr = serve_axum(
+            Router::new()
+                .nest("/api/health", admin.health())
+                .nest("/api/sessions", admin.router()),
+        )
+        .await;
+        // Healthy: the admin's shows the detail and the extra fields (cluster nodes) ...
+        let full = get(addr, "/api/sessions/health").await.json();
+        assert_eq!(full["status"], "ok");
+        assert_eq!(full["redis"], "healthy");
+        assert_eq!(full["detail"], "PING 0.2 ms at 10.0.0.7:6379");
+        assert_eq!(full["nodes"][0]["address"], "10.0.0.7:6379");
+        // ... the public one the verdict only.
+        let r = get(addr, "/api/health").await;
+        let public = r.json();
+        assert_eq!(public["status"], "ok");
+        assert_eq!(public["sessionStore"], "redis");
+        assert_eq!(public["redis"], "healthy");
+        assert_rfc3339(&public["timestamp"]);
+        let fields: BTreeSet<&str> = public
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            fields,
+            BTreeSet::from(["status", "timestamp", "sessionStore", "redis"]),
+            "{public}"
+        );
+        assert!(!r.text().contains("10.0.0.7"), "{public}");
+
+        // Down: the same split.
+        store.down.store(true, Ordering::SeqCst);
+        let r = get(addr, "/api/health").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        let public = r.json();
+        assert_eq!(public["status"], "unavailable");
+        assert_eq!(public["reason"], "not answering");
+        assert!(public.get("detail").is_none(), "{public}");
+        assert!(!r.text().contains("Connection refused"), "{public}");
+        let r = get(addr, "/api/sessions/health").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.json()["detail"], FAKE_DETAIL_DOWN);
+
+        // The admin's health is protected like every admin route; the public one is not.
+        let app = Router::new()
+            .nest("/api/health", admin.health())
+            .nest("/api/sessions", admin.router());
+        let remote = "198.51.100.2:4000";
+        let (status, _, _) = oneshot_status(
+            &app,
+            from_peer(Method::GET, "/api/sessions/health", remote, &[]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _, v) =
+            oneshot_status(&app, from_peer(Method::GET, "/api/health", remote, &[])).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(v.get("detail").is_none(), "{v}");
     })
     .await
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Listing, delete, cleanup
+// Listing, delete, cleanup, and what a store cannot do
 // ---------------------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -616,7 +1228,13 @@ async fn following_next_cursor_visits_every_session_exactly_once() {
     bounded(async {
         let store = MemoryStore::new();
         let keys = fill(&store, 23).await;
-        let addr = serve_hyper(AdminService::new(store).with_max_page(10)).await;
+        let admin = AdminService::new(store).with_max_page(10);
+        let addr = serve_hyper(
+            Router::new()
+                .nest("/api/sessions", admin.router())
+                .merge(admin.router()),
+        )
+        .await;
         let mut seen = HashSet::new();
         let mut path = "/api/sessions/sessions?limit=5".to_owned();
         let mut pages = 0;
@@ -669,6 +1287,10 @@ async fn following_next_cursor_visits_every_session_exactly_once() {
                 .error(StatusCode::BAD_REQUEST);
             assert!(msg.contains("1 to 10"), "{bad}: {msg}");
         }
+        // A parameter given twice is ambiguous: refused.
+        get(addr, "/sessions?limit=1&limit=2")
+            .await
+            .error(StatusCode::BAD_REQUEST);
     })
     .await
 }
@@ -676,8 +1298,8 @@ async fn following_next_cursor_visits_every_session_exactly_once() {
 #[tokio::test]
 async fn a_bad_cursor_is_a_400_when_the_store_says_so() {
     bounded(async {
-        let addr = serve_hyper(AdminService::new(FakeRedis::new(None))).await;
-        get(addr, "/sessions?cursor=garbage")
+        let addr = serve_hyper(AdminService::new(FakeRedis::new(None)).router()).await;
+        get(addr, "/sessions?cursor=garbage!")
             .await
             .error(StatusCode::BAD_REQUEST);
         get(addr, "/sessions?cursor=%01")
@@ -690,10 +1312,19 @@ async fn a_bad_cursor_is_a_400_when_the_store_says_so() {
 #[tokio::test]
 async fn a_garbage_cursor_on_the_memory_store_is_a_400() {
     bounded(async {
-        let addr = serve_hyper(AdminService::new(MemoryStore::new())).await;
-        get(addr, "/sessions?cursor=garbage")
-            .await
-            .error(StatusCode::BAD_REQUEST);
+        let addr = serve_hyper(AdminService::new(MemoryStore::new()).router()).await;
+        for bad in [
+            "garbage!".to_owned(),
+            "..%2f..".to_owned(),
+            "%00".to_owned(),
+            "c".repeat(5000),
+        ] {
+            get(addr, &format!("/sessions?cursor={bad}"))
+                .await
+                .error(StatusCode::BAD_REQUEST);
+        }
+        // An empty cursor is the first page.
+        assert_eq!(get(addr, "/sessions?cursor=").await.status, StatusCode::OK);
     })
     .await
 }
@@ -702,7 +1333,7 @@ async fn a_garbage_cursor_on_the_memory_store_is_a_400() {
 async fn a_deleted_session_is_gone_for_its_client() {
     bounded(async {
         let store = MemoryStore::new();
-        let addr = serve_axum(app(store.clone(), None, None)).await;
+        let addr = serve_axum(app(store.clone(), None)).await;
         let (n, cookie) = visit(addr, None, "browser").await;
         assert_eq!(n, 1);
         let (n, cookie) = visit(addr, Some(&cookie), "browser").await;
@@ -717,6 +1348,16 @@ async fn a_deleted_session_is_gone_for_its_client() {
         send(addr, Method::DELETE, &path, &[], "")
             .await
             .error(StatusCode::NOT_FOUND);
+        // A cookie value is no id: 404, nothing deleted.
+        send(
+            addr,
+            Method::DELETE,
+            &format!("/api/sessions/sessions/{cookie}"),
+            &[],
+            "",
+        )
+        .await
+        .error(StatusCode::NOT_FOUND);
 
         // The client's cookie no longer finds anything: it starts over with a fresh session.
         let (n, fresh) = visit(addr, Some(&cookie), "browser").await;
@@ -731,10 +1372,22 @@ async fn a_deleted_session_is_gone_for_its_client() {
 async fn an_id_that_is_not_a_store_key_never_reaches_the_store() {
     bounded(async {
         let store = FakeRedis::new(None);
-        let addr = serve_hyper(AdminService::new(store.clone())).await;
+        let addr = serve_hyper(
+            Router::new().nest("/api/sessions", AdminService::new(store.clone()).router()),
+        )
+        .await;
         // The store is "down": a request that reached it would be a 503, not a 400.
         store.down.store(true, Ordering::SeqCst);
-        for bad in ["nonsense", "..%2f..%2fetc%2fpasswd", &"A".repeat(44)] {
+        // Store keys are 1 to 64 base64url characters now (formats other than the native one key
+        // sessions differently), so a 44-character run of letters is a well-formed key: the refused
+        // ids are those with characters outside the alphabet, or too long.
+        for bad in [
+            "non.sense".to_owned(),
+            "..%2f..%2fetc%2fpasswd".to_owned(),
+            "a%20b".to_owned(),
+            "%00".to_owned(),
+            "A".repeat(65),
+        ] {
             send(
                 addr,
                 Method::DELETE,
@@ -745,11 +1398,18 @@ async fn an_id_that_is_not_a_store_key_never_reaches_the_store() {
             .await
             .error(StatusCode::BAD_REQUEST);
         }
-        // A well-formed key does reach the store.
-        let key = Token::generate().store_key();
-        send(addr, Method::DELETE, &format!("/sessions/{key}"), &[], "")
+        // Well-formed keys do reach the store.
+        for key in [Token::generate().store_key().to_string(), "A".repeat(64)] {
+            send(
+                addr,
+                Method::DELETE,
+                &format!("/api/sessions/sessions/{key}"),
+                &[],
+                "",
+            )
             .await
             .error(StatusCode::SERVICE_UNAVAILABLE);
+        }
     })
     .await
 }
@@ -758,8 +1418,8 @@ async fn an_id_that_is_not_a_store_key_never_reaches_the_store() {
 async fn cleanup_removes_expired_sessions() {
     bounded(async {
         let clock = ManualClock::starting_now();
-        let store = MemoryStore::new().with_clock(clock.clone());
-        let addr = serve_axum(app(store.clone(), Some(clock.clone()), None)).await;
+        let store = memory_at(&clock);
+        let addr = serve_axum(app(store.clone(), None)).await;
         visit(addr, None, "a").await;
         visit(addr, None, "b").await;
         clock.advance(Duration::from_secs(61)); // past the 60 s idle timeout
@@ -785,23 +1445,88 @@ async fn cleanup_removes_expired_sessions() {
     .await
 }
 
+#[tokio::test]
+async fn a_store_with_only_the_core_answers_501_for_what_it_cannot_do() {
+    bounded(async {
+        let store = CoreOnly::default();
+        let keys = fill(&store, 2).await;
+        let admin = AdminService::new(store.clone());
+        let addr = serve_axum(
+            Router::new()
+                .nest("/api/health", admin.health())
+                .nest("/api/sessions", admin.router()),
+        )
+        .await;
+        for (method, path, cannot) in [
+            (Method::GET, "/api/sessions/stats", "count sessions"),
+            (Method::GET, "/api/sessions/sessions", "list sessions"),
+            (Method::POST, "/api/sessions/cleanup", "clean up sessions"),
+            (
+                Method::GET,
+                "/api/sessions/users/alice/sessions",
+                "list a user's sessions",
+            ),
+            (
+                Method::DELETE,
+                "/api/sessions/users/alice/sessions",
+                "list a user's sessions",
+            ),
+        ] {
+            let r = send(addr, method.clone(), path, &[], "").await;
+            let msg = r.error(StatusCode::NOT_IMPLEMENTED);
+            assert_eq!(
+                msg,
+                format!("this session store cannot {cannot}"),
+                "{method} {path}"
+            );
+            assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+        }
+        // What the core can do works: delete by id, health (ok by default).
+        let v = send(
+            addr,
+            Method::DELETE,
+            &format!("/api/sessions/sessions/{}", keys[0]),
+            &[],
+            "",
+        )
+        .await
+        .json();
+        assert_eq!(v["success"], true);
+        assert!(store.0.load(&keys[0]).await.unwrap().is_none());
+        assert!(store.0.load(&keys[1]).await.unwrap().is_some());
+        for path in ["/api/health", "/api/sessions/health"] {
+            let v = get(addr, path).await.json();
+            assert_eq!(v["status"], "ok", "{path}");
+            assert_eq!(v["sessionStore"], "core-only", "{path}");
+        }
+        // No backend information to show: 503 naming the store, not a 501.
+        let msg = get(addr, "/api/sessions/redis-info")
+            .await
+            .error(StatusCode::SERVICE_UNAVAILABLE);
+        assert!(msg.contains("core-only"), "{msg}");
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Protection
 // ---------------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn token_mode_wants_the_right_bearer_token_and_leaves_health_open() {
+async fn token_mode_wants_the_right_bearer_token_and_leaves_health_and_dashboard_open() {
     bounded(async {
-        let addr = serve_axum(app(
-            MemoryStore::new(),
-            None,
-            Some(AdminAuth::bearer("s3cret-token")),
-        ))
-        .await;
+        let store = MemoryStore::new();
+        let admin = AdminService::new(store.clone())
+            .with_auth(AdminAuth::bearer("s3cret-token"))
+            .with_metrics(|| "# TYPE x counter\nx 1\n".to_owned());
+        let addr = serve_axum(app_with(store, &admin)).await;
         for path in [
             "/api/sessions/stats",
             "/api/sessions/sessions",
             "/api/sessions/metrics",
+            "/api/sessions/health",
+            "/api/sessions/users/alice/sessions",
+            "/api/sessions/redis-info",
         ] {
             let r = get(addr, path).await;
             let msg = r.error(StatusCode::UNAUTHORIZED);
@@ -831,7 +1556,12 @@ async fn token_mode_wants_the_right_bearer_token_and_leaves_health_open() {
                 "",
             )
             .await;
-            assert_eq!(r.status, StatusCode::OK, "{path}");
+            let want = if path.ends_with("redis-info") {
+                StatusCode::SERVICE_UNAVAILABLE // authorised; a memory store has no information
+            } else {
+                StatusCode::OK
+            };
+            assert_eq!(r.status, want, "{path}");
         }
         send(addr, Method::POST, "/api/sessions/cleanup", &[], "")
             .await
@@ -845,12 +1575,55 @@ async fn token_mode_wants_the_right_bearer_token_and_leaves_health_open() {
         )
         .await
         .json();
-        // Health is not sensitive.
+        // Two Authorization headers are no token.
+        let r = send(
+            addr,
+            Method::GET,
+            "/api/sessions/stats",
+            &[
+                ("authorization", "Bearer s3cret-token"),
+                ("authorization", "Bearer s3cret-token"),
+            ],
+            "",
+        )
+        .await;
+        r.error(StatusCode::UNAUTHORIZED);
+        // In bearer mode, the Host is no concern of the admin: a token from anywhere will do.
+        let r = send(
+            addr,
+            Method::GET,
+            "/api/sessions/stats",
+            &[
+                ("authorization", "Bearer s3cret-token"),
+                ("host", "admin.example.com"),
+                ("x-forwarded-for", "203.0.113.5"),
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        // The public health and the dashboard's page hold no data: open.
         assert_eq!(get(addr, "/api/health").await.status, StatusCode::OK);
         assert_eq!(
-            get(addr, "/api/sessions/health").await.status,
+            get(addr, "/api/sessions/dashboard").await.status,
             StatusCode::OK
         );
+        // An empty token matches nothing: a service built from an unset variable fails closed.
+        let closed = serve_axum(app(MemoryStore::new(), Some(AdminAuth::bearer("")))).await;
+        for auth in ["Bearer ", "Bearer"] {
+            let r = send(
+                closed,
+                Method::GET,
+                "/api/sessions/stats",
+                &[("authorization", auth)],
+                "",
+            )
+            .await;
+            r.error(StatusCode::UNAUTHORIZED);
+        }
+        get(closed, "/api/sessions/stats")
+            .await
+            .error(StatusCode::UNAUTHORIZED);
     })
     .await
 }
@@ -859,7 +1632,7 @@ async fn token_mode_wants_the_right_bearer_token_and_leaves_health_open() {
 async fn loopback_mode_admits_local_peers_and_refuses_remote_ones_whatever_their_headers() {
     bounded(async {
         let store = MemoryStore::new();
-        let app = app(store.clone(), None, None);
+        let app = app(store.clone(), None);
         // Over real HTTP every peer is loopback: admitted.
         let addr = serve_axum(app.clone()).await;
         assert_eq!(
@@ -891,30 +1664,51 @@ async fn loopback_mode_admits_local_peers_and_refuses_remote_ones_whatever_their
         );
         assert_eq!(oneshot_status(&app, req).await.0, StatusCode::FORBIDDEN);
         assert_eq!(store.count().await.unwrap(), 1, "a refused delete deleted");
+        // IPv4 loopback seen through a dual-stack socket is local.
+        let req = from_peer(
+            Method::GET,
+            "/api/sessions/stats",
+            "[::ffff:127.0.0.1]:5555",
+            &[],
+        );
+        assert_eq!(oneshot_status(&app, req).await.0, StatusCode::OK);
 
         // Our own PeerAddr extension works the same way (Hyper / Tonic users).
-        let admin = AdminService::new(store.clone());
-        let mut req = Request::get("/stats").body(()).unwrap();
-        req.extensions_mut()
-            .insert(PeerAddr("10.0.0.2:1".parse().unwrap()));
+        let router = AdminService::new(store.clone()).router();
+        let with_peer = |peer: &str| {
+            let mut req = Request::get("/stats")
+                .header(header::HOST, "localhost")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+            req
+        };
         assert_eq!(
-            admin.clone().oneshot(req).await.unwrap().status(),
+            router
+                .clone()
+                .oneshot(with_peer("10.0.0.2:1"))
+                .await
+                .unwrap()
+                .status(),
             StatusCode::FORBIDDEN
         );
-        let mut req = Request::get("/stats").body(()).unwrap();
-        req.extensions_mut()
-            .insert(PeerAddr("[::1]:1".parse().unwrap()));
         assert_eq!(
-            admin.clone().oneshot(req).await.unwrap().status(),
+            router
+                .clone()
+                .oneshot(with_peer("[::1]:1"))
+                .await
+                .unwrap()
+                .status(),
             StatusCode::OK
         );
 
         // No peer information at all: refused, saying how to fix it.
-        let res = admin
+        let res = router
             .oneshot(
                 Request::get("/stats")
+                    .header(header::HOST, "localhost")
                     .header("x-forwarded-for", "127.0.0.1")
-                    .body(())
+                    .body(axum::body::Body::empty())
                     .unwrap(),
             )
             .await
@@ -931,11 +1725,282 @@ async fn loopback_mode_admits_local_peers_and_refuses_remote_ones_whatever_their
 }
 
 #[tokio::test]
+async fn loopback_mode_serves_loopback_host_names_only() {
+    bounded(async {
+        let store = MemoryStore::new();
+        let addr = serve_axum(app(store.clone(), None)).await;
+        // A page on another name resolving to 127.0.0.1 (DNS rebinding) sends that name.
+        for host in [
+            "evil.example",
+            "evil.example:3001",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "10.0.0.1",
+            "[::2]:3001",
+        ] {
+            let r = send(
+                addr,
+                Method::GET,
+                "/api/sessions/stats",
+                &[("host", host)],
+                "",
+            )
+            .await;
+            let msg = r.error(StatusCode::FORBIDDEN);
+            assert!(
+                msg.contains("Host") && msg.contains("token"),
+                "{host}: {msg}"
+            );
+        }
+        let key = fill(&store, 1).await[0];
+        let r = send(
+            addr,
+            Method::DELETE,
+            &format!("/api/sessions/sessions/{key}"),
+            &[("host", "evil.example")],
+            "",
+        )
+        .await;
+        r.error(StatusCode::FORBIDDEN);
+        assert_eq!(store.count().await.unwrap(), 1, "a refused delete deleted");
+        // The loopback names, any port, any case.
+        for host in [
+            "localhost",
+            "localhost:3001",
+            "LocalHost:80",
+            "127.0.0.1",
+            "127.0.0.1:9",
+            "[::1]",
+            "[::1]:3001",
+        ] {
+            let r = send(
+                addr,
+                Method::GET,
+                "/api/sessions/stats",
+                &[("host", host)],
+                "",
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{host}: {:?}", r.body);
+        }
+        // No Host at all (HTTP/1.0): no loopback name either.
+        let (status, body) = raw(
+            addr,
+            b"GET /api/sessions/stats HTTP/1.0\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+        // A name of this machine, once allowed.
+        let allowed = serve_axum(app(
+            MemoryStore::new(),
+            Some(AdminAuth::loopback_only().allow_host("Admin.Internal")),
+        ))
+        .await;
+        for (host, want) in [
+            ("admin.internal:3001", StatusCode::OK),
+            ("ADMIN.internal", StatusCode::OK),
+            ("localhost", StatusCode::OK),
+            ("evil.example", StatusCode::FORBIDDEN),
+        ] {
+            let r = send(
+                allowed,
+                Method::GET,
+                "/api/sessions/stats",
+                &[("host", host)],
+                "",
+            )
+            .await;
+            assert_eq!(r.status, want, "{host}");
+        }
+        // With bearer_or_loopback a foreign Host needs the token.
+        let either = serve_axum(app(
+            MemoryStore::new(),
+            Some(AdminAuth::bearer_or_loopback("tok")),
+        ))
+        .await;
+        let r = send(
+            either,
+            Method::GET,
+            "/api/sessions/stats",
+            &[("host", "evil.example")],
+            "",
+        )
+        .await;
+        r.error(StatusCode::FORBIDDEN);
+        let r = send(
+            either,
+            Method::GET,
+            "/api/sessions/stats",
+            &[("host", "evil.example"), ("authorization", "Bearer tok")],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn loopback_mode_refuses_proxied_requests_and_says_to_set_a_token() {
+    bounded(async {
+        let store = MemoryStore::new();
+        let key = fill(&store, 1).await[0];
+        let addr = serve_axum(app(store.clone(), None)).await;
+        // A reverse proxy on this machine makes every peer loopback; what it adds gives it away.
+        for (name, value) in [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("forwarded", "for=203.0.113.9;proto=https"),
+            ("x-real-ip", "203.0.113.9"),
+        ] {
+            for (method, path) in [
+                (Method::GET, "/api/sessions/stats".to_owned()),
+                (Method::GET, "/api/sessions/sessions".to_owned()),
+                (Method::DELETE, format!("/api/sessions/sessions/{key}")),
+                (Method::POST, "/api/sessions/cleanup".to_owned()),
+            ] {
+                let r = send(addr, method.clone(), &path, &[(name, value)], "").await;
+                let msg = r.error(StatusCode::FORBIDDEN);
+                assert!(
+                    msg.contains("proxy") && msg.contains("token"),
+                    "{name} {method} {path}: {msg}"
+                );
+            }
+        }
+        assert_eq!(store.count().await.unwrap(), 1, "a refused delete deleted");
+        // The public health is for load balancers, which come through proxies.
+        let r = send(
+            addr,
+            Method::GET,
+            "/api/health",
+            &[("x-forwarded-for", "203.0.113.9")],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        // With a token, proxied requests are fine.
+        let either = serve_axum(app(
+            MemoryStore::new(),
+            Some(AdminAuth::bearer_or_loopback("tok")),
+        ))
+        .await;
+        let proxied = [("x-forwarded-for", "203.0.113.9")];
+        send(either, Method::GET, "/api/sessions/stats", &proxied, "")
+            .await
+            .error(StatusCode::FORBIDDEN);
+        let r = send(
+            either,
+            Method::GET,
+            "/api/sessions/stats",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("authorization", "Bearer tok"),
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn cross_site_state_changing_requests_are_refused_in_every_mode() {
+    bounded(async {
+        for (mode, auth, token) in [
+            ("loopback_only", AdminAuth::loopback_only(), None),
+            ("bearer", AdminAuth::bearer("tok"), Some("Bearer tok")),
+            (
+                "bearer_or_loopback",
+                AdminAuth::bearer_or_loopback("tok"),
+                Some("Bearer tok"),
+            ),
+            ("open", AdminAuth::insecure_open_to_anyone(), None),
+        ] {
+            let store = MemoryStore::new();
+            let keys = fill(&store, 2).await;
+            let addr = serve_axum(app(store.clone(), Some(auth))).await;
+            let same_origin = format!("http://{addr}");
+            let with = |extra: &[(&'static str, &'static str)]| {
+                let mut h: Vec<(&str, &str)> = extra.to_vec();
+                if let Some(t) = token {
+                    h.push(("authorization", t));
+                }
+                h
+            };
+            let changes = [
+                (Method::POST, "/api/sessions/cleanup".to_owned()),
+                (
+                    Method::DELETE,
+                    format!("/api/sessions/sessions/{}", keys[0]),
+                ),
+                (
+                    Method::DELETE,
+                    "/api/sessions/users/alice/sessions".to_owned(),
+                ),
+            ];
+            for cross in [
+                &[("sec-fetch-site", "cross-site")][..],
+                &[("sec-fetch-site", "Cross-Site")][..],
+                &[("origin", "https://evil.example")][..],
+                &[("origin", "null")][..],
+                // The operator's own page on another port is another origin.
+                &[("origin", "http://127.0.0.1:1")][..],
+            ] {
+                for (method, path) in &changes {
+                    let r = send(addr, method.clone(), path, &with(cross), "").await;
+                    let msg = r.error(StatusCode::FORBIDDEN);
+                    assert!(
+                        msg.contains("cross-site"),
+                        "{mode} {cross:?} {method} {path}: {msg}"
+                    );
+                }
+            }
+            assert_eq!(
+                store.count().await.unwrap(),
+                2,
+                "{mode}: a refused call deleted"
+            );
+            // Reads are not refused (the other site cannot read the answer anyway).
+            let r = send(
+                addr,
+                Method::GET,
+                "/api/sessions/stats",
+                &with(&[("sec-fetch-site", "cross-site")]),
+                "",
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{mode}");
+            // The same origin (the dashboard's own calls), or no browser headers (curl): allowed.
+            let mut h: Vec<(&str, &str)> = with(&[("sec-fetch-site", "same-origin")])
+                .into_iter()
+                .collect();
+            h.push(("origin", same_origin.as_str()));
+            let r = send(addr, Method::POST, "/api/sessions/cleanup", &h, "").await;
+            assert_eq!(r.status, StatusCode::OK, "{mode}: {:?}", r.body);
+            assert_eq!(r.json()["success"], true);
+            let r = send(addr, Method::POST, "/api/sessions/cleanup", &with(&[]), "").await;
+            assert_eq!(r.status, StatusCode::OK, "{mode}");
+            let r = send(
+                addr,
+                Method::DELETE,
+                &format!("/api/sessions/sessions/{}", keys[0]),
+                &h,
+                "",
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{mode}: {:?}", r.body);
+            assert_eq!(store.count().await.unwrap(), 1, "{mode}");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
 async fn token_or_loopback_mode_admits_a_remote_peer_only_with_the_token() {
     bounded(async {
         let app = app(
             MemoryStore::new(),
-            None,
             Some(AdminAuth::bearer_or_loopback("tok")),
         );
         let remote = "198.51.100.4:40000";
@@ -995,15 +2060,91 @@ async fn open_mode_answers_everyone() {
     bounded(async {
         let app = app(
             MemoryStore::new(),
-            None,
             Some(AdminAuth::insecure_open_to_anyone()),
         );
-        let (status, _, _) = oneshot_status(
-            &app,
-            from_peer(Method::GET, "/api/sessions/sessions", "192.0.2.1:1", &[]),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
+        for headers in [
+            &[][..],
+            &[
+                ("host", "admin.example.com"),
+                ("x-forwarded-for", "1.2.3.4"),
+            ][..],
+        ] {
+            let (status, _, _) = oneshot_status(
+                &app,
+                from_peer(
+                    Method::GET,
+                    "/api/sessions/sessions",
+                    "192.0.2.1:1",
+                    headers,
+                ),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{headers:?}");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_without_auth_under_a_strict_policy() {
+    bounded(async {
+        for auth in [
+            AdminAuth::loopback_only(),
+            AdminAuth::bearer("tok"),
+            AdminAuth::bearer(""),
+        ] {
+            let app = app(MemoryStore::new(), Some(auth.clone()));
+            for (page, kind) in [
+                ("/api/sessions/dashboard", "text/html"),
+                ("/api/sessions/dashboard.css", "text/css"),
+                ("/api/sessions/dashboard.js", "text/javascript"),
+            ] {
+                // From another machine, for another host, without a token: the page holds no data.
+                let res = app
+                    .clone()
+                    .oneshot(from_peer(
+                        Method::GET,
+                        page,
+                        "203.0.113.1:1",
+                        &[("host", "admin.example.com")],
+                    ))
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), StatusCode::OK, "{auth:?} {page}");
+                let h = res.headers();
+                assert!(
+                    h[header::CONTENT_TYPE].to_str().unwrap().starts_with(kind),
+                    "{page}: {h:?}"
+                );
+                let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+                for directive in [
+                    "default-src 'self'",
+                    "script-src 'self'",
+                    "frame-ancestors 'none'",
+                ] {
+                    assert!(csp.contains(directive), "{page}: {csp}");
+                }
+                assert!(!csp.contains("unsafe-inline"), "{csp}");
+                assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{page}");
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                assert!(!body.is_empty(), "{page}");
+                if kind == "text/html" {
+                    let html = String::from_utf8_lossy(&body);
+                    // No inline script: what the policy would block anyway.
+                    assert!(!html.contains("<script>"), "inline script in the page");
+                }
+            }
+            // The data it shows is still protected.
+            let (status, _, _) = oneshot_status(
+                &app,
+                from_peer(Method::GET, "/api/sessions/sessions", "203.0.113.1:1", &[]),
+            )
+            .await;
+            assert!(
+                status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED,
+                "{auth:?}: {status}"
+            );
+        }
     })
     .await
 }
@@ -1015,30 +2156,52 @@ async fn open_mode_answers_everyone() {
 #[tokio::test]
 async fn unknown_paths_are_404_and_wrong_methods_405_in_json() {
     bounded(async {
-        let addr = serve_axum(app(MemoryStore::new(), None, None)).await;
-        for path in [
-            "/api/sessions",
-            "/api/sessions/",
-            "/api/sessions/nope",
-            "/api/sessions/stats/extra",
-        ] {
-            get(addr, path).await.error(StatusCode::NOT_FOUND);
+        let nested = serve_axum(app(MemoryStore::new(), None)).await;
+        let root = serve_hyper(AdminService::new(MemoryStore::new()).router()).await;
+        for (addr, prefix) in [(nested, "/api/sessions"), (root, "")] {
+            let mut paths = vec![
+                format!("{prefix}/nope"),
+                format!("{prefix}/stats/extra"),
+                format!("{prefix}/sessions/a/b"),
+                format!("{prefix}/users/alice"),
+            ];
+            if prefix.is_empty() {
+                paths.push("/".to_owned());
+            } else {
+                paths.push(prefix.to_owned());
+                // Axum does not route `/api/sessions/` into the router nested at `/api/sessions`:
+                // that is the application's own 404, not the admin's.
+                let r = get(addr, &format!("{prefix}/")).await;
+                assert_eq!(r.status, StatusCode::NOT_FOUND);
+            }
+            for path in paths {
+                let r = get(addr, &path).await;
+                r.error(StatusCode::NOT_FOUND);
+                assert_eq!(r.headers[header::CACHE_CONTROL], "no-store", "{path}");
+            }
+            for (method, path, allow) in [
+                (Method::POST, "/stats", &["GET", "HEAD"][..]),
+                (Method::GET, "/cleanup", &["POST"][..]),
+                (Method::DELETE, "/sessions", &["GET", "HEAD"][..]),
+                (Method::PUT, "/metrics", &["GET", "HEAD"][..]),
+                (
+                    Method::POST,
+                    "/users/alice/sessions",
+                    &["GET", "HEAD", "DELETE"][..],
+                ),
+                (Method::DELETE, "/dashboard", &["GET", "HEAD"][..]),
+            ] {
+                let path = format!("{prefix}{path}");
+                let r = send(addr, method.clone(), &path, &[], "").await;
+                let msg = r.error(StatusCode::METHOD_NOT_ALLOWED);
+                assert_eq!(r.allow(), methods(allow), "{method} {path}");
+                assert!(msg.contains(method.as_str()), "{method} {path}: {msg}");
+            }
+            let id = Token::generate().store_key();
+            let r = get(addr, &format!("{prefix}/sessions/{id}")).await;
+            r.error(StatusCode::METHOD_NOT_ALLOWED);
+            assert_eq!(r.allow(), methods(&["DELETE"]));
         }
-        for (method, path, allow) in [
-            (Method::POST, "/api/sessions/stats", "GET, HEAD"),
-            (Method::GET, "/api/sessions/cleanup", "POST"),
-            (Method::DELETE, "/api/sessions/sessions", "GET, HEAD"),
-            (Method::PUT, "/api/sessions/metrics", "GET, HEAD"),
-        ] {
-            let r = send(addr, method.clone(), path, &[], "").await;
-            let msg = r.error(StatusCode::METHOD_NOT_ALLOWED);
-            assert!(msg.contains(method.as_str()), "{msg}");
-            assert_eq!(r.headers[header::ALLOW], allow, "{method} {path}");
-        }
-        let id = Token::generate().store_key();
-        let r = get(addr, &format!("/api/sessions/sessions/{id}")).await;
-        r.error(StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(r.headers[header::ALLOW], "DELETE");
     })
     .await
 }
@@ -1048,8 +2211,14 @@ async fn odd_inputs_get_a_4xx_and_never_a_5xx() {
     bounded(async {
         let store = MemoryStore::new();
         fill(&store, 2).await;
-        let axum_addr = serve_axum(app(store.clone(), None, None)).await;
-        let hyper_addr = serve_hyper(AdminService::new(store.clone())).await;
+        let axum_addr = serve_axum(app(store.clone(), None)).await;
+        let admin = AdminService::new(store.clone());
+        let hyper_addr = serve_hyper(
+            Router::new()
+                .nest("/api/health", admin.health())
+                .nest("/api/sessions", admin.router()),
+        )
+        .await;
         let long = format!("/api/sessions/{}/stats", "x".repeat(4000));
         let requests: Vec<String> = vec![
             "GET // HTTP/1.1".into(),
@@ -1062,34 +2231,35 @@ async fn odd_inputs_get_a_4xx_and_never_a_5xx() {
             "GET /api/sessions/sessions?cursor=%00 HTTP/1.1".into(),
             "DELETE /api/sessions/sessions/%2e%2e%2f%2e%2e%2fetc%2fpasswd HTTP/1.1".into(),
             "DELETE /api/sessions/sessions/ HTTP/1.1".into(),
+            "GET /api/sessions/users/%FF/sessions HTTP/1.1".into(),
             "OPTIONS * HTTP/1.1".into(),
             "BREW /api/sessions/stats HTTP/1.1".into(),
         ];
-        // Axum normalises some paths before the service sees them (`/api/sessions//stats` reaches
-        // `/stats`), so there only "never a 5xx" holds; the Hyper server passes paths through untouched
-        // and every one of these must be a 4xx.
-        for (addr, strict) in [(axum_addr, false), (hyper_addr, true)] {
+        // Both servers run an Axum router now (the admin is one); Axum serves it either way.
+        for addr in [axum_addr, hyper_addr] {
             for line in &requests {
-                let req = format!("{line}\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let req = format!("{line}\r\nhost: localhost\r\nconnection: close\r\n\r\n");
                 let (status, body) = raw(addr, req.as_bytes()).await;
-                assert!(status < 500, "{line} -> {status} {body}");
-                if strict {
-                    assert!((400..500).contains(&status), "{line} -> {status} {body}");
-                }
+                assert!((400..500).contains(&status), "{line} -> {status} {body}");
             }
             // Empty and unknown query parameters are ignored; a `limit` without a value is the default.
-            let req = "GET /api/sessions/sessions?&&&=&limit&x=%zz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+            let req = "GET /api/sessions/sessions?&&&=&limit&x=%zz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
             let (status, body) = raw(addr, req.as_bytes()).await;
             assert_eq!(status, 200, "{body}");
             // A body on a GET is ignored.
-            let req = "GET /api/sessions/stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 11\r\ncontent-type: application/json\r\n\r\n{\"a\":[1,2]}";
+            let req = "GET /api/sessions/stats HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: 11\r\ncontent-type: application/json\r\n\r\n{\"a\":[1,2]}";
             let (status, body) = raw(addr, req.as_bytes()).await;
             assert_eq!(status, 200, "{body}");
-            // Authorization garbage is a 401/403, not a crash.
+            // Authorization and Host garbage is a 401/403, not a crash.
             for auth in ["Bearer", "Bearer  ", "Basic ???", "Bearer \u{7f}"] {
-                let req = format!("GET /api/sessions/stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-forwarded-for: 127.0.0.1\r\nauthorization: {auth}\r\n\r\n");
+                let req = format!("GET /api/sessions/stats HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\nx-forwarded-for: 127.0.0.1\r\nauthorization: {auth}\r\n\r\n");
                 let (status, _) = raw(addr, req.as_bytes()).await;
-                assert!(status < 500, "{auth:?} -> {status}");
+                assert!((400..500).contains(&status), "{auth:?} -> {status}");
+            }
+            for host in ["", "[", "[::1", ":", "localhost:x:y", "\u{7f}"] {
+                let req = format!("POST /api/sessions/cleanup HTTP/1.1\r\nhost: {host}\r\norigin: http://localhost\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+                let (status, _) = raw(addr, req.as_bytes()).await;
+                assert!((400..500).contains(&status), "host {host:?} -> {status}");
             }
         }
         assert_eq!(store.count().await.unwrap(), 2);
@@ -1182,34 +2352,90 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
     samples
 }
 
-#[tokio::test]
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "current_thread")]
 async fn metrics_are_prometheus_text_with_the_session_gauge() {
+    let (recorder, render) = prometheus();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    sessionforge::metrics::describe();
     bounded(async {
         let store = MemoryStore::new();
         fill(&store, 4).await;
-        let addr = serve_axum(app(store, None, None)).await;
-        visit(addr, None, "x").await; // some store calls for the histogram
+        let admin = AdminService::new(store.clone()).with_metrics(render);
+        let addr = serve_axum(app_with(store, &admin)).await;
+        let (_, cookie) = visit(addr, None, "x").await; // a created session, store calls
+        visit(addr, Some(&cookie), "x").await; // a loaded and saved one
+                                               // A malformed token (non-canonical base64url): counted, and a new session created.
+        let bad = format!("id={}", "B".repeat(43));
+        send(
+            addr,
+            Method::GET,
+            "/api/me",
+            &[("cookie", bad.as_str())],
+            "",
+        )
+        .await;
         let r = get(addr, "/api/sessions/metrics").await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(
             r.headers[header::CONTENT_TYPE],
             "text/plain; version=0.0.4; charset=utf-8"
         );
-        let text = String::from_utf8(r.body.to_vec()).unwrap();
+        assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+        let text = r.text();
         let samples = parse_prometheus(&text);
-        assert_eq!(samples.get("sessionforge_sessions"), Some(&5.0), "{text}");
-        assert!(
-            samples.contains_key("sessionforge_sessions_created_total"),
+        // 4 stored beforehand, 2 created by requests.
+        assert_eq!(samples.get("sessionforge_sessions"), Some(&6.0), "{text}");
+        assert_eq!(
+            samples.get("sessionforge_sessions_created_total"),
+            Some(&2.0),
+            "{text}"
+        );
+        assert_eq!(
+            samples.get("sessionforge_sessions_loaded_total"),
+            Some(&1.0),
+            "{text}"
+        );
+        assert_eq!(
+            samples.get("sessionforge_sessions_saved_total"),
+            Some(&1.0),
+            "{text}"
+        );
+        assert_eq!(
+            samples.get("sessionforge_invalid_tokens_total{reason=\"malformed\"}"),
+            Some(&1.0),
             "{text}"
         );
         assert!(
-            samples
-                .keys()
-                .any(|k| k.starts_with("sessionforge_store_call_duration_seconds_bucket")),
+            samples.keys().any(|k| k
+                .starts_with("sessionforge_store_call_duration_seconds_bucket")
+                && k.contains("op=\"load\"")),
             "{text}"
         );
-        // No Redis behind a memory store: no redis_up gauge.
-        assert!(!text.contains("sessionforge_redis_up"));
+        assert!(text.contains("# HELP sessionforge_sessions "), "{text}");
+        // No failover store here: no backend or mode gauges.
+        assert!(!text.contains("sessionforge_backend_up"), "{text}");
+        assert!(!text.contains("sessionforge_store_mode"), "{text}");
+        // Protected like the rest.
+        let app = app_with(MemoryStore::new(), &admin);
+        let (status, _, _) = oneshot_status(
+            &app,
+            from_peer(Method::GET, "/api/sessions/metrics", "203.0.113.3:1", &[]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn metrics_are_a_404_without_an_exporter() {
+    bounded(async {
+        let addr = serve_axum(app(MemoryStore::new(), None)).await;
+        let msg = get(addr, "/api/sessions/metrics")
+            .await
+            .error(StatusCode::NOT_FOUND);
+        assert!(msg.contains("with_metrics"), "{msg}");
     })
     .await
 }
@@ -1238,54 +2464,56 @@ fn the_prometheus_checker_rejects_malformed_text() {
 async fn cleanup_through_the_admin_api_removes_expired_session_files() {
     use sessionforge::store::FileStore;
     let dir = tempfile::tempdir().unwrap();
-    let clock = sessionforge::expiry::ManualClock::starting_now();
-    let store = FileStore::new(dir.path()).with_clock(clock.clone());
-    let app = axum::Router::new()
+    let clock = ManualClock::starting_now();
+    let store = FileStore::builder(dir.path())
+        .with_clock(clock.clone())
+        .build();
+    let app = Router::new()
         .route(
             "/touch",
-            axum::routing::post(|s: sessionforge::Session| async move {
+            routing::post(|s: Session| async move {
                 s.insert("x", 1).await?;
-                Ok::<_, sessionforge::SessionError>("ok")
+                Ok::<_, SessionError>("ok")
             }),
         )
-        .layer(
-            sessionforge::SessionLayer::new(store.clone())
-                .with_clock(clock.clone())
-                .with_idle_timeout(std::time::Duration::from_secs(60)),
-        )
-        .nest_service("/api/sessions", AdminService::new(store.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
+        .layer(SessionLayer::new(store.clone()).with_idle_timeout(Duration::from_secs(60)))
+        .nest("/api/sessions", AdminService::new(store.clone()).router());
+    let addr = serve_axum(app).await;
+    // The hyper client names the host from the URI, as every HTTP client does.
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
     let post = |path: &str| {
-        let req = http::Request::post(format!("http://{addr}{path}"))
-            .body(http_body_util::Full::default())
+        let req = Request::post(format!("http://{addr}{path}"))
+            .body(Full::default())
             .unwrap();
         let fut = client.request(req);
         async move {
-            use http_body_util::BodyExt;
             let res = fut.await.unwrap();
             let body = res.into_body().collect().await.unwrap().to_bytes();
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default()
+            serde_json::from_slice::<Value>(&body).unwrap_or_default()
         }
+    };
+    // Session files only (the store keeps its lock files beside them, in `.locks/`).
+    let session_files = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".json")
+            })
+            .count()
     };
     post("/touch").await;
     post("/touch").await;
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    assert_eq!(session_files(), 2);
     let nothing = post("/api/sessions/cleanup").await;
     assert_eq!(nothing["deletedSessions"], 0);
-    clock.advance(std::time::Duration::from_secs(61));
+    clock.advance(Duration::from_secs(61));
     let cleaned = post("/api/sessions/cleanup").await;
     assert_eq!(cleaned["success"], true);
     assert_eq!(cleaned["deletedSessions"], 2, "{cleaned}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    assert_eq!(session_files(), 0);
 }

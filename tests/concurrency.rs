@@ -125,12 +125,11 @@ async fn hammer<S: SessionStore + Clone>(name: &str, store: S) -> String {
 }
 
 fn redis_store(server: &RedisServer) -> RedisStore {
-    RedisStore::new(
-        RedisConfig::new(server.url())
-            .unwrap()
-            .with_prefix("conc:sess:"),
-    )
-    .unwrap()
+    RedisConfig::new(server.url())
+        .unwrap()
+        .with_prefix("conc:sess:")
+        .build()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,10 +146,12 @@ async fn distinct_keys_land_and_deleted_sessions_stay_deleted_in_every_store() {
         let redis2 = RedisServer::start();
         let dir2 = tempfile::tempdir().unwrap();
         let shutdown = Shutdown::new();
-        let failover = FailoverStore::new(redis_store(&redis2), FileStore::new(dir2.path()))
+        let failover = FailoverStore::builder(redis_store(&redis2), FileStore::new(dir2.path()))
             .start(&shutdown)
             .await;
-        hammer("failover", failover).await;
+        assert!(!failover.is_on_fallback());
+        hammer("failover", failover.clone()).await;
+        assert!(!failover.is_on_fallback(), "the load caused no failover");
         shutdown.trigger();
         assert!(shutdown.drain(Duration::from_secs(5)).await.clean());
     })

@@ -9,13 +9,65 @@ mod http_support;
 mod recording;
 
 use http_support::{serve, Browser};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use recording::Recording;
+use sessionforge::expiry::{Clock, SystemClock, Timestamp};
 use sessionforge::id::Token;
 use sessionforge::shutdown::Shutdown;
-use sessionforge::store::{FailoverStore, ManagedStore, MemoryStore, SessionStore, StoreKind};
+use sessionforge::store::{
+    FailoverStore, HealthStatus, MemoryStore, Record, SessionStore, Summary,
+};
 use sessionforge::SessionLayer;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// The failover and failback counters this thread emitted since the last look. The store emits
+/// through the `metrics` facade; these tests run on a current-thread runtime, so a recorder local to
+/// the test's thread sees every transition of the store under test and nothing of other tests.
+fn transitions(snapshotter: &Snapshotter) -> (u64, u64) {
+    let (mut failovers, mut failbacks) = (0, 0);
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let n = match value {
+            DebugValue::Counter(n) => n,
+            _ => continue,
+        };
+        match key.key().name() {
+            "sessionforge_failovers_total" => failovers += n,
+            "sessionforge_failbacks_total" => failbacks += n,
+            _ => {}
+        }
+    }
+    (failovers, failbacks)
+}
+
+/// A recorder for this thread until the guard drops, and its snapshotter.
+fn record_metrics() -> (Snapshotter, metrics::LocalRecorderGuard<'static>) {
+    let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
+    (
+        recorder.snapshotter(),
+        metrics::set_default_local_recorder(recorder),
+    )
+}
+
+/// A session record created now, living ten minutes, holding `data`.
+fn session(user: Option<&str>, data: serde_json::Value) -> Record {
+    let now = SystemClock.now();
+    let mut r = Record::new(
+        now,
+        now.plus(Duration::from_secs(600)),
+        now.plus(Duration::from_secs(6000)),
+    );
+    r.user = user.map(str::to_owned);
+    r.data = data.as_object().unwrap().clone();
+    r
+}
+
+/// Every entry of a store's listing (tombstones included, marked), one page.
+async fn listing(store: &impl SessionStore) -> Vec<Summary> {
+    let page = store.list(None, 1000).await.unwrap();
+    assert!(page.next_cursor.is_none());
+    page.sessions
+}
 
 type Store = FailoverStore<Recording<MemoryStore>, MemoryStore>;
 
@@ -32,7 +84,7 @@ async fn setup(
     primary.fail.store(!primary_up, Ordering::SeqCst);
     let fallback = MemoryStore::new();
     let shutdown = Shutdown::new();
-    let store = FailoverStore::new(primary.clone(), fallback.clone())
+    let store = FailoverStore::builder(primary.clone(), fallback.clone())
         .with_check_interval(Duration::from_secs(3600))
         .start(&shutdown)
         .await;
@@ -51,15 +103,20 @@ fn key(b: &Browser) -> sessionforge::id::StoreKey {
 async fn a_primary_down_at_start_serves_from_the_fallback() {
     let (store, _p, fallback, mut b, _s) = setup(false).await;
     assert!(store.is_on_fallback());
-    assert_eq!(store.kind(), StoreKind::Memory);
+    assert_eq!(store.name(), "memory");
     assert_eq!(b.post("/incr", "").await.body, "1");
     assert!(fallback.load(&key(&b)).await.unwrap().is_some());
     let h = store.health().await;
-    assert_eq!(h.redis_healthy, Some(false));
+    // The primary is listed as a backend under its own name (both stores here are "memory").
+    assert_eq!(h.backend("memory"), Some(false));
+    assert_eq!(h.serving, "memory");
+    assert!(h.is_serving(), "{h:?}");
+    assert_eq!(h.extra["lastTransition"]["kind"], "failover", "{h:?}");
 }
 
 #[tokio::test]
 async fn a_request_that_meets_an_outage_is_served_from_the_fallback_without_error() {
+    let (metrics, _recording) = record_metrics();
     let (store, primary, fallback, mut b, _s) = setup(true).await;
     assert!(!store.is_on_fallback());
     assert_eq!(b.post("/incr", "").await.body, "1");
@@ -71,7 +128,7 @@ async fn a_request_that_meets_an_outage_is_served_from_the_fallback_without_erro
     let r = b.post("/incr", "").await;
     assert_eq!(r.status, 200);
     assert!(store.is_on_fallback());
-    assert_eq!(store.transitions(), 1);
+    assert_eq!(transitions(&metrics), (1, 0), "one failover, no failback");
     assert_eq!(r.body, "2");
     assert_eq!(b.cookie, before, "same session, same token");
     assert_eq!(
@@ -86,22 +143,13 @@ async fn without_the_recent_cache_a_redis_only_session_starts_fresh_during_an_ou
     let primary = Recording::new(MemoryStore::new());
     let fallback = MemoryStore::new();
     let shutdown = Shutdown::new();
-    let store = FailoverStore::new(primary.clone(), fallback.clone())
+    let store = FailoverStore::builder(primary.clone(), fallback.clone())
         .with_recent_sessions(0)
         .with_check_interval(Duration::from_secs(3600))
         .start(&shutdown)
         .await;
     let k = Token::generate().store_key();
-    let now = sessionforge::expiry::Clock::now(&sessionforge::expiry::SystemClock);
-    let rec = sessionforge::store::Record {
-        created_at: now,
-        last_access: now,
-        expires: now.plus(Duration::from_secs(600)),
-        deadline: now.plus(Duration::from_secs(6000)),
-        user_agent: None,
-        user: None,
-        data: Default::default(),
-    };
+    let rec = session(None, serde_json::json!({"a": 1}));
     store.create(&k, &rec).await.unwrap();
     assert!(store.load(&k).await.unwrap().is_some());
     primary.fail.store(true, Ordering::SeqCst);
@@ -133,16 +181,7 @@ async fn the_recent_cache_follows_merged_saves_and_forgets_deleted_sessions() {
 async fn a_session_loaded_just_before_the_outage_is_kept_alive_in_the_fallback() {
     let (store, primary, fallback, _b, _s) = setup(true).await;
     let k = Token::generate().store_key();
-    let now = sessionforge::expiry::Clock::now(&sessionforge::expiry::SystemClock);
-    let rec = sessionforge::store::Record {
-        created_at: now,
-        last_access: now,
-        expires: now.plus(Duration::from_secs(600)),
-        deadline: now.plus(Duration::from_secs(6000)),
-        user_agent: None,
-        user: Some("alice".into()),
-        data: serde_json::json!({"cart": 3}).as_object().unwrap().clone(),
-    };
+    let rec = session(Some("alice"), serde_json::json!({"cart": 3}));
     store.create(&k, &rec).await.unwrap();
     let loaded = store.load(&k).await.unwrap().unwrap();
     primary.fail.store(true, Ordering::SeqCst);
@@ -152,6 +191,7 @@ async fn a_session_loaded_just_before_the_outage_is_kept_alive_in_the_fallback()
         .insert("cart".into(), Some(serde_json::json!(4)));
     let mut ours = (*loaded.record).clone();
     changes.apply(&mut ours.data);
+    ours.last_access = loaded.record.last_access.next();
     let saved = store
         .save(&k, &loaded.version, &ours.clone().into(), &changes)
         .await
@@ -187,22 +227,20 @@ async fn failback_moves_outage_sessions_into_the_primary_and_empties_the_fallbac
     );
     // The client carries on, now from the primary.
     assert_eq!(b.post("/incr", "").await.body, "3");
-    assert_eq!(store.health().await.redis_healthy, Some(true));
+    let h = store.health().await;
+    assert_eq!(h.backend("memory"), Some(true), "{h:?}");
+    assert_eq!(h.status, HealthStatus::Ok, "{h:?}");
+    assert_eq!(h.extra["lastTransition"]["kind"], "failback", "{h:?}");
 }
 
 #[tokio::test]
 async fn failback_does_not_overwrite_newer_data_in_the_primary() {
     let (store, primary, fallback, _b, _s) = setup(false).await;
     let k = Token::generate().store_key();
-    let now = sessionforge::expiry::Clock::now(&sessionforge::expiry::SystemClock);
-    let mk = |at: u64, v: u64| sessionforge::store::Record {
-        created_at: now,
-        last_access: sessionforge::expiry::Timestamp::from_millis(now.as_millis() + at),
-        expires: now.plus(Duration::from_secs(600)),
-        deadline: now.plus(Duration::from_secs(6000)),
-        user_agent: None,
-        user: None,
-        data: serde_json::json!({ "v": v }).as_object().unwrap().clone(),
+    let mk = |at: u64, v: u64| {
+        let mut r = session(None, serde_json::json!({ "v": v }));
+        r.last_access = Timestamp::from_millis(r.created_at.as_millis() + at);
+        r
     };
     // The primary kept a newer copy; the fallback has an older one.
     primary.inner.create(&k, &mk(5_000, 2)).await.unwrap();
@@ -225,18 +263,88 @@ async fn failback_does_not_overwrite_newer_data_in_the_primary() {
 
 #[tokio::test]
 async fn a_session_deleted_during_the_outage_does_not_come_back_at_failback() {
-    let (store, primary, _fallback, mut b, _s) = setup(true).await;
+    let (store, primary, fallback, mut b, _s) = setup(true).await;
     b.post("/incr", "").await;
     let k = key(&b);
     primary.fail.store(true, Ordering::SeqCst);
     store.check_now().await;
     assert!(store.is_on_fallback());
     // An admin deletes the session while Redis is away (it still holds it).
-    store.delete(&k).await.unwrap();
+    assert!(store.delete(&k).await.unwrap(), "the session was known");
+    // New: the delete is durable, a tombstone in the fallback under the session's key; the
+    // failover store's own listing and count leave it out.
+    let tombs = listing(&fallback).await;
+    assert_eq!(tombs.len(), 1, "{tombs:?}");
+    assert_eq!((tombs[0].id, tombs[0].tombstone), (k, true));
+    assert!(listing(&store).await.is_empty());
+    assert_eq!(store.count().await.unwrap(), 0);
+    assert!(store.load(&k).await.unwrap().is_none());
+    // The client's next request gets a fresh session, never the deleted one.
+    assert_eq!(b.post("/incr", "").await.body, "1");
+    assert_ne!(key(&b), k);
     primary.fail.store(false, Ordering::SeqCst);
     store.check_now().await;
     assert!(!store.is_on_fallback());
     assert!(primary.inner.load(&k).await.unwrap().is_none());
+    // The tombstone is gone from the fallback with the rest of the outage.
+    assert!(listing(&fallback).await.is_empty());
+    assert!(store.load(&k).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_revoke_during_the_outage_leaves_a_marker_and_reaches_the_primary_at_failback() {
+    let (store, primary, fallback, _b, _s) = setup(true).await;
+    // Before the outage: two sessions of alice's and one of bob's, in the primary.
+    let (a1, a2, bob) = (
+        Token::generate().store_key(),
+        Token::generate().store_key(),
+        Token::generate().store_key(),
+    );
+    for (k, user) in [(a1, "alice"), (a2, "alice"), (bob, "bob")] {
+        store
+            .create(&k, &session(Some(user), serde_json::json!({"x": 1})))
+            .await
+            .unwrap();
+    }
+    primary.fail.store(true, Ordering::SeqCst);
+    store.check_now().await;
+    assert!(store.is_on_fallback());
+    // "Log out everywhere but here" while the primary is away: a1 is kept.
+    store
+        .revoke_user_sessions("alice", Some(&a1))
+        .await
+        .unwrap();
+    // New: the revoke is durable, a marker record (a tombstone carrying the user) in the
+    // fallback; the failover store's own listing leaves it out.
+    let markers: Vec<_> = listing(&fallback)
+        .await
+        .into_iter()
+        .filter(|s| s.tombstone)
+        .collect();
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    assert_eq!(markers[0].user.as_deref(), Some("alice"));
+    assert!(
+        listing(&store).await.is_empty(),
+        "the marker is all there is"
+    );
+    // The revoked session is not carried on from the recent-state cache.
+    assert!(store.load(&a2).await.unwrap().is_none());
+    assert!(store.load(&a1).await.unwrap().is_some());
+
+    primary.fail.store(false, Ordering::SeqCst);
+    store.check_now().await;
+    assert!(!store.is_on_fallback());
+    assert!(primary.inner.load(&a2).await.unwrap().is_none(), "revoked");
+    assert!(primary.inner.load(&a1).await.unwrap().is_some(), "kept");
+    assert!(
+        primary.inner.load(&bob).await.unwrap().is_some(),
+        "another user"
+    );
+    assert!(store.load(&a2).await.unwrap().is_none());
+    assert!(
+        listing(&fallback).await.is_empty(),
+        "the marker went at failback"
+    );
 }
 
 #[tokio::test]
@@ -263,7 +371,7 @@ async fn the_monitor_fails_back_by_itself_and_stops_at_shutdown() {
     let primary = Recording::new(MemoryStore::new());
     primary.fail.store(true, Ordering::SeqCst);
     let shutdown = Shutdown::new();
-    let store = FailoverStore::new(primary.clone(), MemoryStore::new())
+    let store = FailoverStore::builder(primary.clone(), MemoryStore::new())
         .with_check_interval(Duration::from_millis(50))
         .start(&shutdown)
         .await;
@@ -286,14 +394,15 @@ async fn an_outage_write_in_the_same_millisecond_as_the_primarys_copy_still_wins
     // A frozen clock: the write before the outage and the one during it share a timestamp, as fast
     // requests do in real life. The outage's copy must not lose the comparison to the stale one.
     let clock = sessionforge::expiry::ManualClock::starting_now();
-    let primary = Recording::new(MemoryStore::new().with_clock(clock.clone()));
-    let fallback = MemoryStore::new().with_clock(clock.clone());
+    let primary = Recording::new(MemoryStore::builder().with_clock(clock.clone()).build());
+    let fallback = MemoryStore::builder().with_clock(clock.clone()).build();
     let shutdown = Shutdown::new();
-    let store = FailoverStore::new(primary.clone(), fallback.clone())
+    let store = FailoverStore::builder(primary.clone(), fallback.clone())
         .with_check_interval(Duration::from_secs(3600))
         .start(&shutdown)
         .await;
-    let app = apps::counter().layer(SessionLayer::new(store.clone()).with_clock(clock.clone()));
+    // The layer reads the store's clock, which is the primary's.
+    let app = apps::counter().layer(SessionLayer::new(store.clone()));
     let mut b = Browser::new(serve(app).await);
     assert_eq!(b.post("/incr", "").await.body, "1");
     primary.fail.store(true, Ordering::SeqCst);

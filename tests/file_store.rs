@@ -13,8 +13,7 @@ use serde_json::{json, Value};
 use sessionforge::expiry::{Clock, ManualClock, Timestamp};
 use sessionforge::id::{StoreKey, Token};
 use sessionforge::store::{
-    ChangeSet, Created, FileStore, ManagedStore, Record, Saved, SessionStore, StoreError,
-    StoreKind, Usage,
+    ChangeSet, Created, FileStore, HealthStatus, Record, Saved, SessionStore, StoreError, Usage,
 };
 use sessionforge::{Session, SessionError, SessionLayer};
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,6 +45,10 @@ async fn set(session: Session, UrlPath(key): UrlPath<String>) -> Result<(), Sess
     session.insert(&key, true).await
 }
 
+async fn bump(session: Session) -> Result<String, SessionError> {
+    Ok(session.increment("hits", 1).await?.to_string())
+}
+
 async fn data(session: Session) -> Result<Json<Value>, SessionError> {
     Ok(Json(Value::Object(session.data().await?)))
 }
@@ -54,6 +57,7 @@ fn app(layer: SessionLayer) -> Router {
     Router::new()
         .route("/count", get(count))
         .route("/set/{key}", put(set))
+        .route("/bump", put(bump))
         .route("/data", get(data))
         .layer(layer)
 }
@@ -135,10 +139,16 @@ fn session_file(dir: &Path, key: &StoreKey) -> PathBuf {
     dir.join(format!("{key}.json"))
 }
 
+/// The directory of the store's cross-process lock files (one per lock stripe), inside its session
+/// directory since the store takes `flock`s.
+const LOCK_DIR: &str = ".locks";
+
+/// The names in a session directory, but the store's lock directory.
 fn names(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != LOCK_DIR)
         .collect()
 }
 
@@ -163,22 +173,30 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, (u64, u32, std::time::SystemTime)> {
 }
 
 fn record(now: Timestamp, ttl: Duration) -> Record {
-    Record {
-        created_at: now,
-        last_access: now,
-        expires: now.plus(ttl),
-        deadline: now.plus(ttl * 10),
-        user_agent: Some("test".into()),
-        user: None,
-        data: json!({"n": 1}).as_object().unwrap().clone(),
-    }
+    let mut r = Record::new(now, now.plus(ttl), now.plus(ttl * 10));
+    r.user_agent = Some("test".into());
+    r.data = json!({"n": 1}).as_object().unwrap().clone();
+    r
 }
 
+/// `ours` for a save over `loaded`: its data with `changes` applied, one millisecond later (every
+/// record written over a stored one must have a larger `last_access`).
+fn ours_over(loaded: &Record, changes: &ChangeSet) -> Record {
+    let mut ours = loaded.clone();
+    changes.apply(&mut ours.data);
+    ours.last_access = loaded.last_access.next();
+    ours
+}
+
+/// The file store's usage figures: (files, bytes).
 fn disk(u: Usage) -> (u64, u64) {
-    match u {
-        Usage::Disk { files, bytes, .. } => (files, bytes),
-        other => panic!("expected disk usage, got {other:?}"),
-    }
+    assert_eq!(u.section, "diskUsage", "{u:?}");
+    let figure = |name: &str| {
+        u.figures[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {u:?}"))
+    };
+    (figure("files"), figure("bytes"))
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -204,6 +222,12 @@ async fn a_counter_survives_requests_in_a_private_json_file() {
         // The directory was created private, and holds exactly one file, named by the digest.
         let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(dir_mode, 0o700, "directory mode {dir_mode:o}");
+        let locks_mode = std::fs::metadata(dir.join(LOCK_DIR))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(locks_mode, 0o700, "lock directory mode {locks_mode:o}");
         let key = key_of(&token);
         assert_eq!(names(&dir), BTreeSet::from([format!("{key}.json")]));
         assert!(!names(&dir).iter().any(|n| n.contains(&token)));
@@ -213,6 +237,8 @@ async fn a_counter_survives_requests_in_a_private_json_file() {
         assert_eq!(mode, 0o600, "file mode {mode:o}");
         let text = std::fs::read_to_string(&path).unwrap();
         let stored: Value = serde_json::from_str(&text).unwrap();
+        // The native format writes its version, `lastAccess`, first.
+        assert!(text.starts_with("{\"lastAccess\":"), "{text}");
         assert_eq!(stored["data"], json!({"n": 4}), "{text}");
         assert!(stored["expires"].as_u64().unwrap() > stored["createdAt"].as_u64().unwrap());
     })
@@ -346,7 +372,7 @@ async fn odd_and_hostile_tokens_get_a_fresh_session_and_touch_nothing_outside() 
 async fn at_the_quota_new_sessions_get_a_json_error_and_existing_ones_keep_working() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path()).with_max_files(2);
+        let store = FileStore::builder(dir.path()).with_max_files(2).build();
         let server = Server::start(SessionLayer::new(store.clone())).await;
         let a = server.get("/count", None).await.cookie.unwrap();
         let b = server.get("/count", None).await.cookie.unwrap();
@@ -384,7 +410,18 @@ async fn at_the_quota_new_sessions_get_a_json_error_and_existing_ones_keep_worki
             )
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::QuotaExceeded { .. }), "{err:?}");
+        // Quota errors are `Full` now (was `QuotaExceeded`).
+        assert!(
+            matches!(
+                err,
+                StoreError::Full {
+                    backend: "file",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_full());
         assert!(err.to_string().contains("limit"), "{err}");
         assert!(!err.is_unavailable());
 
@@ -443,10 +480,11 @@ async fn an_idle_session_expires_on_the_store_clock_over_http() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::starting_now();
-        let store = FileStore::new(dir.path()).with_clock(clock.clone());
-        let layer = SessionLayer::new(store)
+        // The layer reads the store's clock (the layer has no clock of its own any more).
+        let store = FileStore::builder(dir.path())
             .with_clock(clock.clone())
-            .with_idle_timeout(Duration::from_secs(60));
+            .build();
+        let layer = SessionLayer::new(store).with_idle_timeout(Duration::from_secs(60));
         let server = Server::start(layer).await;
         let token = server.get("/count", None).await.cookie.unwrap();
         clock.advance(Duration::from_secs(59));
@@ -478,8 +516,7 @@ async fn a_save_after_delete_is_gone_and_recreates_nothing() {
 
         let mut changes = ChangeSet::default();
         changes.entries.insert("late".into(), Some(json!(1)));
-        let mut ours = rec.clone();
-        changes.apply(&mut ours.data);
+        let ours = ours_over(&rec, &changes);
         assert_eq!(
             store
                 .save(&key, &base, &ours.clone().into(), &changes)
@@ -499,7 +536,9 @@ async fn expired_files_are_absent_and_removed_by_cleanup() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
-        let store = FileStore::new(dir.path()).with_clock(clock.clone());
+        let store = FileStore::builder(dir.path())
+            .with_clock(clock.clone())
+            .build();
         let short: Vec<_> = (0..3).map(|_| Token::generate().store_key()).collect();
         let long = Token::generate().store_key();
         for k in &short {
@@ -555,7 +594,9 @@ async fn the_reaper_removes_expired_files_periodically_and_stops_on_abort() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::starting_now();
-        let store = FileStore::new(dir.path()).with_clock(clock.clone());
+        let store = FileStore::builder(dir.path())
+            .with_clock(clock.clone())
+            .build();
         let keys: Vec<_> = (0..5).map(|_| Token::generate().store_key()).collect();
         for k in &keys {
             store
@@ -581,7 +622,9 @@ async fn listing_pages_through_every_live_session_exactly_once() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::starting_now();
-        let store = FileStore::new(dir.path()).with_clock(clock.clone());
+        let store = FileStore::builder(dir.path())
+            .with_clock(clock.clone())
+            .build();
         let mut live = BTreeSet::new();
         for _ in 0..23 {
             let k = Token::generate().store_key();
@@ -622,7 +665,9 @@ async fn listing_pages_through_every_live_session_exactly_once() {
         assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), live);
         assert_eq!(store.count().await.unwrap(), 23);
 
-        for bad in ["../../etc", "", "not a key", &"A".repeat(44)] {
+        // Store keys are 1 to 64 base64url characters now (formats other than the native one key
+        // sessions differently), so a 44-character key is a valid cursor: 65 is not.
+        for bad in ["../../etc", "", "not a key", &"A".repeat(65)] {
             let err = store.list(Some(bad), 5).await.unwrap_err();
             assert!(matches!(err, StoreError::InvalidCursor), "{bad}: {err:?}");
         }
@@ -638,13 +683,16 @@ async fn the_byte_quota_refuses_new_sessions_but_lets_existing_ones_grow_a_littl
         let now = sessionforge::expiry::SystemClock.now();
         let rec = record(now, Duration::from_secs(60));
         let size = rec.to_json().len() as u64;
-        let store = FileStore::new(dir.path()).with_max_bytes(size * 20);
+        let store = FileStore::builder(dir.path())
+            .with_max_bytes(size * 20)
+            .build();
         let mut keys = Vec::new();
         loop {
             let k = Token::generate().store_key();
             match store.create(&k, &rec).await {
                 Ok(Created::Created) => keys.push(k),
-                Err(StoreError::QuotaExceeded { detail }) => {
+                // Quota errors are `Full` now (was `QuotaExceeded`).
+                Err(StoreError::Full { detail, .. }) => {
                     assert!(detail.contains("byte limit"), "{detail}");
                     break;
                 }
@@ -662,8 +710,7 @@ async fn the_byte_quota_refuses_new_sessions_but_lets_existing_ones_grow_a_littl
         changes
             .entries
             .insert("a".into(), Some(json!("x".repeat(size as usize))));
-        let mut ours = rec.clone();
-        changes.apply(&mut ours.data);
+        let ours = ours_over(&rec, &changes);
         assert_eq!(
             store
                 .save(&keys[0], &base, &ours.clone().into(), &changes)
@@ -678,13 +725,12 @@ async fn the_byte_quota_refuses_new_sessions_but_lets_existing_ones_grow_a_littl
         changes
             .entries
             .insert("a".into(), Some(json!("x".repeat(4 * size as usize))));
-        let mut ours = rec.clone();
-        changes.apply(&mut ours.data);
+        let ours = ours_over(&rec, &changes);
         let err = store
             .save(&keys[1], &base, &ours.clone().into(), &changes)
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::QuotaExceeded { .. }), "{err:?}");
+        assert!(matches!(err, StoreError::Full { .. }), "{err:?}");
         assert_eq!(
             std::fs::read(session_file(dir.path(), &keys[1])).unwrap(),
             before
@@ -692,8 +738,7 @@ async fn the_byte_quota_refuses_new_sessions_but_lets_existing_ones_grow_a_littl
         // Small saves still work.
         let mut changes = ChangeSet::default();
         changes.entries.insert("n".into(), Some(json!(2)));
-        let mut ours = rec.clone();
-        changes.apply(&mut ours.data);
+        let ours = ours_over(&rec, &changes);
         assert_eq!(
             store
                 .save(&keys[1], &base, &ours.clone().into(), &changes)
@@ -711,37 +756,160 @@ async fn health_usage_and_a_vanished_directory() {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("s");
         let store = FileStore::new(&dir);
-        assert_eq!(store.kind(), StoreKind::File);
+        assert_eq!(store.name(), "file");
         let h = store.health().await;
-        assert_eq!(h.serving, StoreKind::File);
-        assert_eq!(h.redis_healthy, None);
+        assert_eq!(h.serving, "file");
+        assert_eq!(h.backend("redis"), None);
+        assert!(h.backends.is_empty(), "{h:?}");
         assert_eq!(h.detail, None, "a writable directory is healthy");
-        assert!(h.healthy);
+        assert_eq!(h.reason, None);
+        assert_eq!(h.status, HealthStatus::Ok);
+        assert!(h.is_serving());
         let rec = record(
             sessionforge::expiry::SystemClock.now(),
             Duration::from_secs(60),
         );
         let key = Token::generate().store_key();
         store.create(&key, &rec).await.unwrap();
-        match store.usage().await.unwrap() {
-            Usage::Disk {
-                directory,
-                files,
-                bytes,
-            } => {
-                assert_eq!(directory, dir.display().to_string());
-                assert_eq!((files, bytes), (1, rec.to_json().len() as u64));
-            }
-            other => panic!("{other:?}"),
-        }
+        let usage = store.usage().await.unwrap();
+        assert_eq!(
+            usage.figures["directory"],
+            json!(dir.display().to_string()),
+            "{usage:?}"
+        );
+        assert_eq!(disk(usage), (1, rec.to_json().len() as u64));
         // The health probe leaves nothing behind.
         assert_eq!(names(&dir).len(), 1);
 
         std::fs::remove_dir_all(&dir).unwrap();
         let h = store.health().await;
-        assert!(!h.healthy, "{h:?}");
+        assert_eq!(h.status, HealthStatus::Unavailable, "{h:?}");
+        assert!(!h.is_serving());
+        // The public reason says what is wrong and names no path; the error is for operators.
+        assert_eq!(
+            h.reason.as_deref(),
+            Some("session directory not writable"),
+            "{h:?}"
+        );
+        assert!(h.detail.is_some(), "{h:?}");
+        let err = store
+            .create(&Token::generate().store_key(), &rec)
+            .await
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        // Changed: every operation, reads too, now takes the session's lock file in the directory
+        // (cross-process `flock`), so a load in a vanished directory fails as unavailable (was: no
+        // session), as the module docs say of a missing directory. Either way nothing is served.
+        let err = store.load(&key).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+    })
+    .await
+}
+
+/// Makes a directory unwritable for the test's lifetime, even for root (`chattr +i`), and undoes
+/// it on drop so the temporary directory can be removed. `None` when this machine allows neither.
+struct Unwritable(PathBuf, bool);
+
+impl Unwritable {
+    fn make(dir: &Path) -> Option<Unwritable> {
+        let writable = |d: &Path| {
+            let probe = d.join(".probe");
+            let ok = std::fs::write(&probe, b"x").is_ok();
+            let _ = std::fs::remove_file(&probe);
+            ok
+        };
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+        if !writable(dir) {
+            return Some(Unwritable(dir.to_path_buf(), false));
+        }
+        // Root ignores the mode bits: an immutable directory refuses even root.
+        let immutable = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if immutable && !writable(dir) {
+            return Some(Unwritable(dir.to_path_buf(), true));
+        }
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(dir)
+            .status();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        None
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.0)
+                .status();
+        }
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700));
+    }
+}
+
+#[tokio::test]
+async fn an_unusable_directory_is_unavailable_and_the_init_error_names_it() {
+    bounded(async {
+        let parent = tempfile::tempdir().unwrap();
+        let rec = record(
+            sessionforge::expiry::SystemClock.now(),
+            Duration::from_secs(60),
+        );
+
+        // A regular file where the directory's parent should be: nothing can create it.
+        let blocker = parent.path().join("not-a-dir");
+        std::fs::write(&blocker, b"").unwrap();
+        let dir = blocker.join("sessions");
+        let store = FileStore::new(&dir);
+        let err = store.init().await.unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
         assert!(
-            h.detail.as_deref().unwrap_or("").contains("not writable"),
+            err.to_string().contains(&dir.display().to_string()),
+            "the init error names the directory: {err}"
+        );
+        let h = store.health().await;
+        assert_eq!(h.status, HealthStatus::Unavailable, "{h:?}");
+        assert!(h
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains(&dir.display().to_string())));
+        assert!(
+            !h.reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains(&parent.path().display().to_string()),
+            "the public reason names no path: {h:?}"
+        );
+        let err = store
+            .create(&Token::generate().store_key(), &rec)
+            .await
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+
+        // An existing directory nobody may write in.
+        let dir = parent.path().join("locked");
+        std::fs::create_dir(&dir).unwrap();
+        let Some(_guard) = Unwritable::make(&dir) else {
+            eprintln!("cannot make a directory unwritable here (neither mode bits nor chattr)");
+            return;
+        };
+        let store = FileStore::new(&dir);
+        let err = store.init().await.unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert!(
+            err.to_string().contains(&dir.display().to_string()),
+            "the init error names the directory: {err}"
+        );
+        let h = store.health().await;
+        assert_eq!(h.status, HealthStatus::Unavailable, "{h:?}");
+        assert_eq!(
+            h.reason.as_deref(),
+            Some("session directory not writable"),
             "{h:?}"
         );
         let err = store
@@ -749,7 +917,43 @@ async fn health_usage_and_a_vanished_directory() {
             .await
             .unwrap_err();
         assert!(err.is_unavailable(), "{err:?}");
-        assert!(store.load(&key).await.unwrap().is_none());
+        assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_directory_made_unwritable_after_start_is_unavailable() {
+    bounded(async {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("s");
+        let store = FileStore::new(&dir);
+        store.init().await.unwrap();
+        let rec = record(
+            sessionforge::expiry::SystemClock.now(),
+            Duration::from_secs(60),
+        );
+        let key = Token::generate().store_key();
+        store.create(&key, &rec).await.unwrap();
+        let Some(_guard) = Unwritable::make(&dir) else {
+            eprintln!("cannot make a directory unwritable here (neither mode bits nor chattr)");
+            return;
+        };
+        let h = store.health().await;
+        assert_eq!(h.status, HealthStatus::Unavailable, "{h:?}");
+        assert_eq!(
+            h.reason.as_deref(),
+            Some("session directory not writable"),
+            "{h:?}"
+        );
+        let err = store
+            .create(&Token::generate().store_key(), &rec)
+            .await
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        // What is there can still be read.
+        let loaded = store.load(&key).await.unwrap().unwrap();
+        assert_eq!(loaded.record.data["n"], 1);
     })
     .await
 }
@@ -775,11 +979,16 @@ async fn cleanup_removes_stale_temp_files_but_leaves_foreign_files_alone() {
         std::fs::write(dir.path().join("README"), b"mine").unwrap();
         std::fs::write(dir.path().join("notes.json"), b"not a session").unwrap();
 
-        assert_eq!(store.cleanup().await.unwrap(), 1);
+        let removed = store.cleanup().await.unwrap();
         assert!(!stale.exists());
         assert!(fresh.exists(), "a temp file in flight is left alone");
         assert!(dir.path().join("README").exists());
-        assert!(dir.path().join("notes.json").exists());
+        assert!(
+            dir.path().join("notes.json").exists(),
+            "a foreign file the store did not write was removed: {:?}",
+            names(dir.path())
+        );
+        assert_eq!(removed, 1, "only the stale temporary file");
         assert_eq!(store.count().await.unwrap(), 0);
     })
     .await
@@ -845,7 +1054,9 @@ async fn a_reaper_registered_with_shutdown_stops_by_itself_and_the_drain_is_clea
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::starting_now();
-        let store = FileStore::new(dir.path()).with_clock(clock.clone());
+        let store = FileStore::builder(dir.path())
+            .with_clock(clock.clone())
+            .build();
         let key = Token::generate().store_key();
         store
             .create(&key, &record(clock.now(), Duration::from_secs(1)))
@@ -860,6 +1071,191 @@ async fn a_reaper_registered_with_shutdown_stops_by_itself_and_the_drain_is_clea
         shutdown.trigger();
         let report = shutdown.drain(Duration::from_secs(5)).await;
         assert!(report.clean(), "{report:?}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_directory_never_lose_an_increment() {
+    bounded(async {
+        // Two stores on one directory stand for two processes sharing a volume: each has its own
+        // in-process locks, so only the lock files (`flock`) keep their read-merge-write steps apart.
+        let dir = tempfile::tempdir().unwrap();
+        let a = Server::start(SessionLayer::new(FileStore::new(dir.path()))).await;
+        let b = Server::start(SessionLayer::new(FileStore::new(dir.path()))).await;
+        let token = a.get("/count", None).await.cookie.unwrap();
+        let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+        const EACH: usize = 40;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..2 * EACH {
+            let server = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let token = token.clone();
+            tasks.spawn(async move { server.send("PUT", "/bump", Some(&token)).await.status });
+        }
+        while let Some(status) = tasks.join_next().await {
+            assert_eq!(status.unwrap(), StatusCode::OK);
+        }
+        for server in [&a, &b] {
+            let r = server.get("/data", Some(&token)).await;
+            let data: Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(
+                data,
+                json!({"n": 1, "hits": 2 * EACH}),
+                "an increment was lost"
+            );
+        }
+        assert_eq!(names(dir.path()).len(), 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_tombstone_is_listed_marked_but_not_counted_and_takes_no_save() {
+    bounded(async {
+        // The failover store writes tombstones into its fallback during an outage; the file store
+        // keeps them like records, lists them marked, and leaves them out of counts.
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path());
+        let now = sessionforge::expiry::SystemClock.now();
+        let (live, dead) = (Token::generate().store_key(), Token::generate().store_key());
+        let mut rec = record(now, Duration::from_secs(60));
+        rec.user = Some("alice".into());
+        store.create(&live, &rec).await.unwrap();
+        let mut tomb = Record::new(
+            now,
+            now.plus(Duration::from_secs(60)),
+            now.plus(Duration::from_secs(60)),
+        );
+        tomb.tombstone = true;
+        tomb.user = Some("alice".into());
+        assert_eq!(store.create(&dead, &tomb).await.unwrap(), Created::Created);
+        // Nothing can be created over it.
+        assert_eq!(store.create(&dead, &rec).await.unwrap(), Created::Exists);
+
+        assert_eq!(store.count().await.unwrap(), 1);
+        let page = store.list(None, 10).await.unwrap();
+        let mut listed: Vec<_> = page.sessions.iter().map(|s| (s.id, s.tombstone)).collect();
+        listed.sort();
+        let mut want = vec![(live, false), (dead, true)];
+        want.sort();
+        assert_eq!(listed, want);
+        let alice = store.user_sessions("alice").await.unwrap();
+        assert_eq!(alice.iter().map(|s| s.id).collect::<Vec<_>>(), vec![live]);
+
+        // A save on it writes nothing.
+        let loaded = store.load(&dead).await.unwrap().unwrap();
+        assert!(loaded.record.tombstone);
+        let before = std::fs::read(session_file(dir.path(), &dead)).unwrap();
+        let mut changes = ChangeSet::default();
+        changes.entries.insert("x".into(), Some(json!(1)));
+        let ours = ours_over(&loaded.record, &changes);
+        assert_eq!(
+            store
+                .save(&dead, &loaded.version, &ours.into(), &changes)
+                .await
+                .unwrap(),
+            Saved::Gone
+        );
+        assert_eq!(
+            std::fs::read(session_file(dir.path(), &dead)).unwrap(),
+            before
+        );
+        // Deleting it removes the file but reports no live session.
+        assert!(!store.delete(&dead).await.unwrap());
+        assert!(!session_file(dir.path(), &dead).exists());
+    })
+    .await
+}
+
+/// A tmpfs of `size` mounted on a directory for the test's lifetime (unmounted on drop); `None` when
+/// this machine does not let the test mount one (not root, or in a container without the right).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        let mounted = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_full_not_unavailable_and_existing_sessions_stay_readable() {
+    bounded(async {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("s");
+        std::fs::create_dir(&dir).unwrap();
+        let Some(_disk) = SmallDisk::mount(&dir, "64k") else {
+            eprintln!("cannot mount a small tmpfs here: the full-disk case is not exercised");
+            return;
+        };
+        // No quota of the store's own: only the disk can refuse.
+        let store = FileStore::new(&dir);
+        store.init().await.unwrap();
+        let now = sessionforge::expiry::SystemClock.now();
+        let mut rec = record(now, Duration::from_secs(600));
+        rec.data.insert("pad".into(), json!("x".repeat(3000)));
+        let mut keys = Vec::new();
+        let err = loop {
+            let k = Token::generate().store_key();
+            match store.create(&k, &rec).await {
+                Ok(Created::Created) => keys.push(k),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => break e,
+            }
+            assert!(keys.len() < 100, "a 64 KiB disk never filled up");
+        };
+        assert!(!keys.is_empty());
+        assert!(
+            matches!(
+                err,
+                StoreError::Full {
+                    backend: "file",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_full() && !err.is_unavailable(), "{err:?}");
+        // Health: still serving (reads work), degraded with a short public reason.
+        let h = store.health().await;
+        assert_eq!(h.status, HealthStatus::Degraded, "{h:?}");
+        assert_eq!(h.reason.as_deref(), Some("store full"), "{h:?}");
+        assert!(h.is_serving());
+        // The refused write left nothing half-written behind.
+        assert_eq!(names(&dir).len(), keys.len(), "{:?}", names(&dir));
+        for k in &keys {
+            let loaded = store.load(k).await.unwrap().unwrap();
+            assert_eq!(loaded.record.data["pad"], rec.data["pad"]);
+        }
+        // Deleting one makes room again.
+        assert!(store.delete(&keys[0]).await.unwrap());
+        assert_eq!(
+            store
+                .create(&Token::generate().store_key(), &rec)
+                .await
+                .unwrap(),
+            Created::Created
+        );
     })
     .await
 }

@@ -23,13 +23,16 @@ use sessionforge::admin::{AdminAuth, AdminService};
 use sessionforge::cookie::Key;
 use sessionforge::expiry::{Clock, SystemClock, Timestamp};
 use sessionforge::id::{StoreKey, Token};
-use sessionforge::store::{ManagedStore, MemoryStore, Record, SessionStore};
+use sessionforge::store::{MemoryStore, Record, SessionStore};
 use sessionforge::{Session, SessionError, SessionLayer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The length of a native token (43 base64url characters: 256 bits).
+const TOKEN_LEN: usize = 43;
 
 /// Runs a test body under a time limit, so a hang fails instead of stalling the suite.
 async fn bounded<T>(fut: impl Future<Output = T>) -> T {
@@ -61,10 +64,21 @@ fn app(layer: SessionLayer, store: MemoryStore) -> Router {
                 },
             ),
         )
+        .route(
+            "/put-json",
+            post(
+                |s: Session, axum::Json(v): axum::Json<serde_json::Value>| async move {
+                    s.insert_value("doc", v).await?;
+                    Ok::<_, SessionError>("stored")
+                },
+            ),
+        )
         .layer(layer)
-        .nest_service(
+        .nest(
             "/api/sessions",
-            AdminService::new(store).with_auth(AdminAuth::insecure_open_to_anyone()),
+            AdminService::new(store)
+                .with_auth(AdminAuth::insecure_open_to_anyone())
+                .router(),
         )
 }
 
@@ -85,15 +99,9 @@ async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
 }
 
 fn record_at(t: Timestamp, expires: Timestamp) -> Record {
-    Record {
-        created_at: t,
-        last_access: t,
-        expires,
-        deadline: expires,
-        user_agent: Some("planted".into()),
-        user: None,
-        data: Default::default(),
-    }
+    let mut r = Record::new(t, expires, expires);
+    r.user_agent = Some("planted".into());
+    r
 }
 
 #[tokio::test]
@@ -154,8 +162,8 @@ async fn hostile_cookie_and_header_values_get_a_fresh_session_never_a_5xx() {
         let mut b = Browser::new(signed);
         b.post("/incr", "").await;
         let good = b.cookie.clone().unwrap();
-        let token = &good[good.len() - Token::LEN..];
-        let forged_sig = format!("{}{}", "A".repeat(good.len() - Token::LEN), token);
+        let token = &good[good.len() - TOKEN_LEN..];
+        let forged_sig = format!("{}{}", "A".repeat(good.len() - TOKEN_LEN), token);
         let other_key = {
             let mut jar = sessionforge::cookie::CookieJar::new();
             jar.signed_mut(&Key::generate())
@@ -310,6 +318,36 @@ async fn odd_admin_methods_paths_queries_and_bodies_never_5xx_or_delete() {
             }
         }
         assert!(store.load(&key).await.unwrap().is_some(), "nothing deleted");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_value_nested_too_deeply_is_a_400_and_the_session_is_kept() {
+    bounded(async {
+        let store = MemoryStore::new();
+        let addr = serve(app(SessionLayer::new(store.clone()), store.clone())).await;
+        let mut b = Browser::new(addr);
+        assert_eq!(b.post("/incr", "").await.body, "1");
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        // 64 levels are kept ...
+        let r = b.post("/put-json", &nested(64)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        // ... 65 are refused as the client's mistake, with nothing changed.
+        let r = b.post("/put-json", &nested(65)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert_eq!(r.json()["error"], "session value nested too deeply");
+        let r = b.post("/put-json", &nested(120)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert_eq!(b.get("/read").await.body, "1");
+        let key = Token::parse(b.cookie.as_deref().unwrap())
+            .unwrap()
+            .store_key();
+        let stored = store.load(&key).await.unwrap().unwrap().record;
+        assert_eq!(
+            stored.data["doc"],
+            serde_json::from_str::<serde_json::Value>(&nested(64)).unwrap()
+        );
     })
     .await
 }

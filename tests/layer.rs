@@ -17,10 +17,18 @@ use http_support::{raw, serve, Browser};
 use recording::{Call, Recording};
 use sessionforge::expiry::{Clock, ManualClock};
 use sessionforge::id::Token;
-use sessionforge::store::{ManagedStore, MemoryStore, SessionStore};
+use sessionforge::store::{MemoryStore, SessionStore};
 use sessionforge::{Session, SessionError, SessionLayer, StoreErrorPolicy};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// The length of a native token (43 base64url characters: 256 bits).
+const TOKEN_LEN: usize = 43;
+
+/// A memory store reading time from `clock` (the layer over it reads the same clock).
+fn memory_at(clock: &ManualClock) -> MemoryStore {
+    MemoryStore::builder().with_clock(clock.clone()).build()
+}
 
 fn app(layer: SessionLayer) -> Router {
     apps::counter()
@@ -116,7 +124,7 @@ async fn the_cookie_carries_the_secure_defaults_and_no_store() {
         .unwrap();
     assert!((86_390..=86_400).contains(&max_age), "{c}");
     assert_eq!(r.headers["cache-control"], "no-store");
-    assert_eq!(b.cookie.as_ref().unwrap().len(), Token::LEN);
+    assert_eq!(b.cookie.as_ref().unwrap().len(), TOKEN_LEN);
 }
 
 #[tokio::test]
@@ -185,10 +193,8 @@ async fn an_empty_session_is_never_stored() {
 #[tokio::test]
 async fn a_read_only_request_writes_nothing_until_the_touch_interval() {
     let clock = ManualClock::starting_now();
-    let store = Recording::new(MemoryStore::new().with_clock(clock.clone()));
-    let layer = SessionLayer::new(store.clone())
-        .with_clock(clock.clone())
-        .with_idle_timeout(Duration::from_secs(400));
+    let store = Recording::new(memory_at(&clock));
+    let layer = SessionLayer::new(store.clone()).with_idle_timeout(Duration::from_secs(400));
     let mut b = start(layer).await;
     b.post("/incr", "").await;
     store.take();
@@ -215,10 +221,8 @@ async fn a_read_only_request_writes_nothing_until_the_touch_interval() {
 #[tokio::test]
 async fn a_write_inside_the_touch_window_keeps_the_expiry_and_sends_no_cookie() {
     let clock = ManualClock::starting_now();
-    let store = MemoryStore::new().with_clock(clock.clone());
-    let layer = SessionLayer::new(store.clone())
-        .with_clock(clock.clone())
-        .with_idle_timeout(Duration::from_secs(400));
+    let store = memory_at(&clock);
+    let layer = SessionLayer::new(store.clone()).with_idle_timeout(Duration::from_secs(400));
     let mut b = start(layer).await;
     b.post("/incr", "").await;
     let key = Token::parse(b.cookie.as_ref().unwrap())
@@ -251,9 +255,8 @@ async fn a_write_inside_the_touch_window_keeps_the_expiry_and_sends_no_cookie() 
 #[tokio::test]
 async fn the_idle_timeout_ends_an_unused_session() {
     let clock = ManualClock::starting_now();
-    let store = MemoryStore::new().with_clock(clock.clone());
+    let store = memory_at(&clock);
     let layer = SessionLayer::new(store)
-        .with_clock(clock.clone())
         .with_idle_timeout(Duration::from_secs(60))
         .with_absolute_timeout(Duration::from_secs(3600));
     let mut b = start(layer).await;
@@ -270,9 +273,8 @@ async fn the_idle_timeout_ends_an_unused_session() {
 #[tokio::test]
 async fn the_absolute_timeout_ends_even_a_busy_session() {
     let clock = ManualClock::starting_now();
-    let store = MemoryStore::new().with_clock(clock.clone());
+    let store = memory_at(&clock);
     let layer = SessionLayer::new(store)
-        .with_clock(clock.clone())
         .with_idle_timeout(Duration::from_secs(60))
         .with_absolute_timeout(Duration::from_secs(150));
     let mut b = start(layer).await;
@@ -284,8 +286,7 @@ async fn the_absolute_timeout_ends_even_a_busy_session() {
     assert_eq!(b.get("/read").await.body, "0");
     // The cookie's Max-Age never promised more than the deadline.
     let mut b2 = start(
-        SessionLayer::new(MemoryStore::new().with_clock(clock.clone()))
-            .with_clock(clock.clone())
+        SessionLayer::new(memory_at(&clock))
             .with_idle_timeout(Duration::from_secs(60))
             .with_absolute_timeout(Duration::from_secs(30)),
     )
@@ -306,12 +307,15 @@ async fn cycle_id_writes_the_new_key_before_deleting_the_old_one() {
     assert_ne!(old, new);
     let old_key = Token::parse(&old).unwrap().store_key();
     let new_key = Token::parse(&new).unwrap().store_key();
+    // The old key goes by a compare-and-swap to nothing (`replace(old, loaded version, None)`, the
+    // provided `renew`), not an unconditional delete: a session changed meanwhile is merged and moved
+    // again rather than lost. Still: the new key first, then the old one removed.
     assert_eq!(
         store.take(),
         vec![
             Call::Load(old_key),
             Call::Create(new_key),
-            Call::Delete(old_key)
+            Call::Replace(old_key)
         ]
     );
     // The data moved with the session, the old token is dead.
@@ -416,7 +420,7 @@ async fn signed_cookies_rotate_keys_and_tampering_gets_a_fresh_session() {
     let mut b = start(SessionLayer::new(store.clone()).with_signing_keys([old.clone()])).await;
     b.post("/incr", "").await;
     let signed = b.cookie.clone().unwrap();
-    assert!(signed.len() > Token::LEN, "the cookie carries a signature");
+    assert!(signed.len() > TOKEN_LEN, "the cookie carries a signature");
     // Rotated: the new key signs, the old one still verifies.
     let mut rotated =
         start(SessionLayer::new(store.clone()).with_signing_keys([new.clone(), old])).await;
@@ -428,7 +432,7 @@ async fn signed_cookies_rotate_keys_and_tampering_gets_a_fresh_session() {
     let mut t = start(SessionLayer::new(store.clone()).with_signing_keys([new])).await;
     t.cookie = Some(String::from_utf8(tampered).unwrap());
     assert_eq!(t.post("/incr", "").await.body, "1");
-    t.cookie = Some(signed[signed.len() - Token::LEN..].to_owned());
+    t.cookie = Some(signed[signed.len() - TOKEN_LEN..].to_owned());
     assert_eq!(t.post("/incr", "").await.body, "1");
 }
 
@@ -514,7 +518,7 @@ async fn the_header_transport_returns_new_tokens_in_the_same_header() {
     let r = send(None).await;
     assert!(r.set_cookies().is_empty());
     let token = r.headers["x-session-id"].to_str().unwrap().to_owned();
-    assert_eq!(token.len(), Token::LEN);
+    assert_eq!(token.len(), TOKEN_LEN);
     let r = send(Some(token.clone())).await;
     assert_eq!(r.body, "2");
     assert!(
@@ -600,4 +604,153 @@ async fn concurrent_increments_all_count_and_mix_with_sets_in_one_request() {
         (data["m"].clone(), data["t"].clone()),
         (101.into(), (-2).into())
     );
+}
+
+/// The first `Max-Age` of the `Set-Cookie` headers of `r`.
+fn max_age_of(r: &http_support::Reply) -> i64 {
+    let c = r
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("id="))
+        .expect("a session cookie");
+    c.split("Max-Age=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Max-Age in {c}"))
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_response_that_used_the_session_is_private_and_varies_on_the_cookie() {
+    let mut b = start(SessionLayer::new(MemoryStore::new())).await;
+    // Untouched: no caching headers added.
+    let r = b.get("/untouched").await;
+    assert!(r.headers.get("cache-control").is_none(), "{:?}", r.headers);
+    assert!(r.headers.get("vary").is_none(), "{:?}", r.headers);
+    // Read, without any session: nothing stored, no cookie, but still private.
+    let r = b.get("/read").await;
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(r.headers["vary"], "cookie");
+    // Written (a cookie is set) ...
+    let r = b.post("/incr", "").await;
+    assert!(r.cookie("id").is_some());
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(r.headers["vary"], "cookie");
+    // ... and read back from the store, with nothing to write and no cookie sent.
+    let r = b.get("/read").await;
+    assert_eq!(r.body, "1");
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(r.headers.get_all("vary").iter().count(), 1);
+    assert_eq!(r.headers["vary"], "cookie");
+    // A handler's own Cache-Control stands; Vary is added once.
+    let r = b.post("/cached", "").await;
+    assert_eq!(r.headers["cache-control"], "private, max-age=5");
+    assert_eq!(r.headers["vary"], "cookie");
+
+    // With the header transport the response varies on that header.
+    let layer = SessionLayer::new(MemoryStore::new())
+        .with_header(http::HeaderName::from_static("x-session-id"));
+    let addr = serve(app(layer)).await;
+    let req = Request::get(format!("http://{addr}/read"))
+        .body(Full::default())
+        .unwrap();
+    let r = raw(&http_support::client(), req).await;
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(r.headers["vary"], "x-session-id");
+}
+
+#[tokio::test]
+async fn a_malformed_cookie_is_removed_when_the_handler_uses_the_session() {
+    let store = Recording::new(MemoryStore::new());
+    let addr = serve(app(SessionLayer::new(store.clone()))).await;
+    let client = http_support::client();
+    let send = |path: &str, cookie: Option<&str>| {
+        let mut req = Request::get(format!("http://{addr}{path}"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        raw(&client, req.body(Full::default()).unwrap())
+    };
+    // Used (read only): the client is told to drop the value it keeps sending.
+    let r = send("/read", Some("theme=dark; id=malformed")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "0");
+    let cookies = r.set_cookies();
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert!(cookies[0].starts_with("id=;"), "{cookies:?}");
+    assert!(cookies[0].contains("Max-Age=0"), "{cookies:?}");
+    assert!(cookies[0].contains("Path=/"), "{cookies:?}");
+    // Not used: the layer does nothing at all.
+    let r = send("/untouched", Some("id=malformed")).await;
+    assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
+    // No cookie of ours: nothing to remove.
+    let r = send("/read", Some("theme=dark")).await;
+    assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
+    // The malformed value never reached the store.
+    assert_eq!(store.take(), vec![]);
+}
+
+#[tokio::test]
+async fn a_live_sessions_cookie_never_gets_max_age_zero() {
+    let clock = ManualClock::new(sessionforge::expiry::Timestamp::from_millis(1_000_000));
+    let store = memory_at(&clock);
+    let deadline_clock = clock.clone();
+    let router = app(SessionLayer::new(store.clone())
+        .with_idle_timeout(Duration::from_secs(1))
+        .with_absolute_timeout(Duration::from_secs(1)));
+    let mut b = start_router(router).await;
+    // Created: the whole second.
+    let r = b.post("/incr", "").await;
+    assert_eq!(max_age_of(&r), 1);
+    // 999 ms later the session expires in 1 ms; a renewal sends the cookie again: Max-Age rounds up
+    // to 1, where rounding down would have told the browser to drop a live session.
+    clock.advance(Duration::from_millis(999));
+    let r = b.post("/login", "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(max_age_of(&r), 1, "{:?}", r.set_cookies());
+    assert!(b.cookie.is_some(), "the browser keeps the cookie");
+    assert_eq!(b.get("/read").await.body, "1", "the session is alive");
+    // At its expiry it is gone.
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(b.get("/read").await.body, "0");
+
+    // A handler moving the deadline to 1 ms from now.
+    let router = Router::new()
+        .route(
+            "/soon",
+            post(move |s: Session| {
+                let now = deadline_clock.now();
+                async move {
+                    s.insert("n", 1).await?;
+                    s.set_deadline(now.plus(Duration::from_millis(1))).await?;
+                    Ok::<_, SessionError>("ok")
+                }
+            }),
+        )
+        .layer(SessionLayer::new(store).with_idle_timeout(Duration::from_secs(1)));
+    let mut b = start_router(router).await;
+    let r = b.post("/soon", "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(max_age_of(&r), 1, "{:?}", r.set_cookies());
+
+    // Every request touching (touch_after 0) with the expiry 1 ms away at the deadline.
+    let router = app(SessionLayer::new(memory_at(&clock))
+        .with_idle_timeout(Duration::from_secs(1))
+        .with_absolute_timeout(Duration::from_secs(1))
+        .with_touch_after(0.0));
+    let mut b = start_router(router).await;
+    b.post("/incr", "").await;
+    clock.advance(Duration::from_millis(999));
+    let r = b.get("/read").await;
+    assert_eq!(r.body, "1");
+    assert_eq!(max_age_of(&r), 1, "{:?}", r.set_cookies());
+}
+
+async fn start_router(router: Router) -> Browser {
+    Browser::new(serve(router).await)
 }

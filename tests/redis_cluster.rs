@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sessionforge::expiry::{Clock, SystemClock};
 use sessionforge::id::{StoreKey, Token};
 use sessionforge::store::redis::{RedisConfig, RedisStore, Topology};
-use sessionforge::store::{ChangeSet, ManagedStore, Record, Saved, SessionStore, Usage};
+use sessionforge::store::{ChangeSet, HealthStatus, Record, Saved, SessionStore};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,30 +24,49 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 fn record(user: Option<&str>, data: Value) -> Record {
     let now = SystemClock.now();
-    Record {
-        created_at: now,
-        last_access: now,
-        expires: now.plus(Duration::from_secs(600)),
-        deadline: now.plus(Duration::from_secs(6000)),
-        user_agent: Some("cluster-test".into()),
-        user: user.map(str::to_owned),
-        data: data.as_object().unwrap().clone(),
-    }
+    let mut r = Record::new(
+        now,
+        now.plus(Duration::from_secs(600)),
+        now.plus(Duration::from_secs(6000)),
+    );
+    r.user_agent = Some("cluster-test".into());
+    r.user = user.map(str::to_owned);
+    r.data = data.as_object().unwrap().clone();
+    r
 }
 
 fn key() -> StoreKey {
     Token::generate().store_key()
 }
 
+/// The characters a store key can start with (base64url): one index shard each in cluster mode.
+const SHARDS: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// The Redis key of a session in cluster mode: `<prefix>{<c>}<store key>`, where `<c>` is the store
+/// key's first character (the hash tag it shares with its index shard).
+fn cluster_key(k: &StoreKey) -> String {
+    format!("{PREFIX}{{{}}}{}", &k.as_str()[..1], k.as_str())
+}
+
+/// The index shards (`<prefix>{<c>}index`) that exist now.
+fn shard_indexes(c: &RedisCluster) -> Vec<String> {
+    SHARDS
+        .chars()
+        .map(|ch| format!("{PREFIX}{{{ch}}}index"))
+        .filter(|index| c.cli(&["EXISTS", index]) == "1")
+        .collect()
+}
+
 fn cluster_store(c: &RedisCluster) -> RedisStore {
-    let config = RedisConfig::new("redis://127.0.0.1")
+    RedisConfig::new("redis://127.0.0.1")
         .unwrap()
         .with_cluster_nodes(c.seeds())
         .unwrap()
         .with_prefix(PREFIX)
         .with_connect_timeout(Duration::from_millis(500))
-        .with_command_timeout(Duration::from_millis(500));
-    RedisStore::new(config).unwrap()
+        .with_command_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
 }
 
 async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
@@ -64,6 +83,8 @@ async fn every_store_operation_works_on_a_cluster_with_sessions_spread_over_the_
         store.config().topology(),
         Topology::Cluster { .. }
     ));
+    // The read cache is on by default, but a cluster runs without it.
+    assert_eq!(store.read_cache_stats(), None);
 
     // Create 300 sessions (a third of them alice's) and check each landed with its index entry.
     let mut keys = Vec::new();
@@ -79,18 +100,13 @@ async fn every_store_operation_works_on_a_cluster_with_sessions_spread_over_the_
         let n: u64 = c.nodes[m].cli(&["DBSIZE"]).parse().unwrap();
         assert!(n > 20, "master {m} holds only {n} keys");
     }
-    // The value is readable JSON at its hash-tagged key.
+    // The value is readable JSON at its hash-tagged key, indexed in the shard of the same tag.
     let k0 = &keys[0];
-    let rkey = store.redis_key(k0);
-    assert_eq!(
-        rkey,
-        format!("{PREFIX}{{{}}}{}", &k0.as_str()[..1], k0.as_str())
-    );
-    let out = std::process::Command::new("redis-cli")
-        .args(["-c", "-p", &c.nodes[0].port().to_string(), "GET", &rkey])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"userAgent\":\"cluster-test\""));
+    let value = c.cli(&["GET", &cluster_key(k0)]);
+    assert!(value.starts_with("{\"lastAccess\":"), "{value}");
+    assert!(value.contains("\"userAgent\":\"cluster-test\""), "{value}");
+    let shard = format!("{PREFIX}{{{}}}index", &k0.as_str()[..1]);
+    assert_ne!(c.cli(&["ZSCORE", &shard, k0.as_str()]), "");
 
     // Load, save (a merge against a concurrent change), delete.
     let loaded = bounded(store.load(&keys[1])).await.unwrap().unwrap();
@@ -139,46 +155,103 @@ async fn every_store_operation_works_on_a_cluster_with_sessions_spread_over_the_
         1
     );
 
-    // Cleanup sees every master: a corrupt value on some master and an orphan index entry go.
+    // Cleanup sees every master: a corrupt value on some master and an orphan index entry go; the
+    // shard indexes themselves stay.
     let bad = key();
-    let bad_key = store.redis_key(&bad);
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "-c",
-            "-p",
-            &c.nodes[0].port().to_string(),
-            "SET",
-            &bad_key,
-            "{oops",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let removed = bounded(store.cleanup()).await.unwrap();
-    assert!(removed >= 1, "cleanup removed {removed}");
-    assert_eq!(bounded(store.count()).await.unwrap(), 200);
+    assert_eq!(c.cli(&["SET", &cluster_key(&bad), "{oops"]), "OK");
+    let orphan = &keys[4]; // not one of alice's (revoked above)
+    assert_eq!(c.cli(&["DEL", &cluster_key(orphan)]), "1");
+    let indexes = shard_indexes(&c);
+    assert!(indexes.len() > 40, "{} shard indexes", indexes.len());
+    let removed = bounded(store.cleanup()).await.expect("cleanup");
+    assert_eq!(c.cli(&["EXISTS", &cluster_key(&bad)]), "0");
+    let orphan_shard = format!("{PREFIX}{{{}}}index", &orphan.as_str()[..1]);
+    assert_eq!(c.cli(&["ZSCORE", &orphan_shard, orphan.as_str()]), "");
+    assert_eq!(
+        shard_indexes(&c),
+        indexes,
+        "cleanup removed a shard index <prefix>{{c}}index"
+    );
+    assert_eq!(removed, 2, "the corrupt value and the orphan entry");
+    assert_eq!(bounded(store.count()).await.unwrap(), 199);
 
     // Health reports each node; INFO per node; memory summed over masters.
     let h = bounded(store.health()).await;
-    assert!(h.healthy, "{h:?}");
+    assert_eq!(h.status, HealthStatus::Ok, "{h:?}");
+    assert_eq!(h.backend("redis"), Some(true));
     assert!(
         h.detail.as_deref().unwrap().contains("masters 3/3 up"),
         "{h:?}"
     );
-    let nodes = bounded(store.node_health()).await;
-    assert_eq!(nodes.len(), 6);
-    assert!(nodes.iter().all(|n| n.healthy), "{nodes:?}");
-    let info = bounded(store.redis_node_info()).await.unwrap().unwrap();
-    assert_eq!(info.len(), 6);
-    assert!(info.values().all(|i| i
-        .get("server")
-        .is_some_and(|s| s.contains_key("redis_version"))));
-    let summary = bounded(store.redis_info()).await.unwrap().unwrap();
-    assert_eq!(summary["cluster"]["cluster_state"], "ok");
-    assert!(matches!(
-        bounded(store.usage()).await.unwrap(),
-        Usage::Redis { used_memory, .. } if used_memory > 0
-    ));
+    // Changed in this release: the nodes are in the health's operator fields.
+    let nodes = h.extra["nodes"].as_array().expect("nodes in the health");
+    assert_eq!(nodes.len(), 6, "{nodes:?}");
+    assert!(nodes.iter().all(|n| n["status"] == "healthy"), "{nodes:?}");
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "master").count(), 3);
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "replica").count(), 3);
+    let addresses: HashSet<&str> = nodes
+        .iter()
+        .map(|n| n["address"].as_str().unwrap())
+        .collect();
+    let seeds = c.seeds();
+    assert_eq!(addresses, seeds.iter().map(String::as_str).collect());
+    // Changed in this release: `info()` answers `{"redis": {...}, "nodes": {address: INFO}}`.
+    let info = bounded(store.info()).await.unwrap().unwrap();
+    assert_eq!(info["redis"]["cluster"]["cluster_state"], "ok");
+    let per_node = info["nodes"].as_object().expect("INFO per node");
+    assert_eq!(per_node.len(), 6);
+    assert!(
+        per_node
+            .values()
+            .all(|i| i["server"]["redis_version"].is_string()),
+        "{per_node:?}"
+    );
+    // Usage is open data: the figures as INFO writes them.
+    let usage = bounded(store.usage()).await.unwrap();
+    assert_eq!(usage.section, "memoryUsage");
+    let used: u64 = usage.figures["used_memory"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(used > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_on_a_cluster_removes_corrupt_values_of_any_type_and_keeps_the_rest() {
+    let c = RedisCluster::start(3, 0);
+    let store = cluster_store(&c);
+    let mut live = Vec::new();
+    for i in 0..30 {
+        let k = key();
+        bounded(store.create(&k, &record(None, json!({ "n": i }))))
+            .await
+            .unwrap();
+        live.push(k);
+    }
+    // A value that is not JSON and one that is not a string at all, each under a session key.
+    let (text, hash) = (key(), key());
+    assert_eq!(c.cli(&["SET", &cluster_key(&text), "{oops"]), "OK");
+    assert_eq!(c.cli(&["HSET", &cluster_key(&hash), "a", "b"]), "1");
+    // Keys under the prefix that are not shaped like session keys are not ours.
+    let foreign = [format!("{PREFIX}foreign"), format!("{PREFIX}{{f}}foreign")];
+    for k in &foreign {
+        assert_eq!(c.cli(&["SET", k, "hello"]), "OK");
+    }
+    // Loads treat both as no session.
+    assert!(bounded(store.load(&text)).await.unwrap().is_none());
+    assert!(bounded(store.load(&hash)).await.unwrap().is_none());
+    let removed = bounded(store.cleanup()).await.expect("cleanup");
+    assert_eq!(c.cli(&["EXISTS", &cluster_key(&text)]), "0");
+    assert_eq!(c.cli(&["EXISTS", &cluster_key(&hash)]), "0");
+    for k in &foreign {
+        assert_eq!(c.cli(&["GET", k]), "hello", "{k} is not a session");
+    }
+    assert_eq!(removed, 2);
+    assert_eq!(bounded(store.count()).await.unwrap(), 30);
+    for k in &live {
+        assert!(bounded(store.load(k)).await.unwrap().is_some());
+    }
 }
 
 /// Writes sessions in a loop and records each acknowledged one with the time of its ack.
@@ -324,12 +397,14 @@ async fn sentinel_failover_reconnects_to_the_new_master() {
         .with_prefix(PREFIX)
         .with_connect_timeout(Duration::from_millis(500))
         .with_command_timeout(Duration::from_millis(500));
-    let store = RedisStore::new(config).unwrap();
+    let store = config.build().unwrap();
     let writer = Writer::start(store.clone());
     writer.wait_acked(50).await;
-    // Everything so far has reached the replica before the failover starts.
+    // Redis replication is asynchronous, and a forced `SENTINEL FAILOVER` does not wait for the
+    // replica: the window opens once everything acknowledged so far is known to be on the replica.
     let before_failover = writer.acked();
     let started = Instant::now();
+    setup.wait_replicated();
     setup.failover();
     let done = Instant::now();
     writer.wait_acked(writer.acked() + 50).await;
@@ -340,7 +415,7 @@ async fn sentinel_failover_reconnects_to_the_new_master() {
     // The writes after the failover went to the new master.
     let last = &acked.last().unwrap().0;
     let port = setup.servers[new].port();
-    let reply = inline(port, &format!("EXISTS {}", store.redis_key(last))).unwrap();
+    let reply = inline(port, &format!("EXISTS {PREFIX}{last}")).unwrap();
     assert_eq!(reply, ":1", "the last session is on the new master");
 
     let lost = missing(&store, &acked).await;
@@ -365,7 +440,8 @@ async fn sentinel_failover_reconnects_to_the_new_master() {
         outside.len()
     );
     let h = store.health().await;
-    assert!(h.healthy, "{h:?}");
+    assert_eq!(h.status, HealthStatus::Ok, "{h:?}");
+    assert_eq!(h.backend("redis"), Some(true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +455,7 @@ async fn with_replica_acks_a_sentinel_failover_loses_no_acknowledged_write() {
         .with_connect_timeout(Duration::from_millis(500))
         .with_command_timeout(Duration::from_millis(500))
         .with_replica_acks(1, Duration::from_millis(200));
-    let store = RedisStore::new(config).unwrap();
+    let store = config.build().unwrap();
     let writer = Writer::start(store.clone());
     writer.wait_acked(50).await;
     setup.failover();
@@ -402,12 +478,11 @@ async fn with_replica_acks_a_sentinel_failover_loses_no_acknowledged_write() {
 #[tokio::test]
 async fn replica_acks_refuse_writes_no_replica_has_and_a_cluster_refuses_the_setting() {
     let server = support::RedisServer::start();
-    let store = RedisStore::new(
-        RedisConfig::new(server.url())
-            .unwrap()
-            .with_replica_acks(1, Duration::from_millis(50)),
-    )
-    .unwrap();
+    let store = RedisConfig::new(server.url())
+        .unwrap()
+        .with_replica_acks(1, Duration::from_millis(50))
+        .build()
+        .unwrap();
     // No replica: the write happens on the master, but nobody may be told it is safe.
     let err = store
         .create(&key(), &record(None, json!({"x": 1})))
@@ -421,6 +496,6 @@ async fn replica_acks_refuse_writes_no_replica_has_and_a_cluster_refuses_the_set
         .with_cluster_nodes(["127.0.0.1:7000"])
         .unwrap()
         .with_replica_acks(1, Duration::from_millis(50));
-    let err = RedisStore::new(cluster).unwrap_err();
+    let err = cluster.build().unwrap_err();
     assert!(err.to_string().contains("not a cluster"), "{err}");
 }

@@ -17,8 +17,8 @@ mod support;
 use serde_json::json;
 use sessionforge::expiry::{Clock, SystemClock};
 use sessionforge::id::Token;
-use sessionforge::store::redis::{RedisConfig, RedisStore};
-use sessionforge::store::{ManagedStore, Record};
+use sessionforge::store::redis::RedisConfig;
+use sessionforge::store::{Record, SessionStore};
 use std::time::{Duration, Instant};
 use support::RedisServer;
 
@@ -32,13 +32,12 @@ async fn count_and_list_stay_fast_with_a_million_sessions() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let server = RedisServer::start();
-    let store = RedisStore::new(
-        RedisConfig::new(server.url())
-            .unwrap()
-            .with_prefix(PREFIX)
-            .with_command_timeout(Duration::from_secs(5)),
-    )
-    .unwrap();
+    let store = RedisConfig::new(server.url())
+        .unwrap()
+        .with_prefix(PREFIX)
+        .with_command_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let index = format!("{PREFIX}index");
     let used = |s: &RedisServer| -> u64 {
         s.cli(&["INFO", "memory"])
@@ -61,18 +60,13 @@ async fn count_and_list_stay_fast_with_a_million_sessions() {
         for i in loaded..(loaded + 10_000).min(n) {
             let key = Token::generate().store_key();
             let ttl = Duration::from_secs(3600) + Duration::from_millis(i % 600_000);
-            let rec = Record {
-                created_at: now,
-                last_access: now,
-                expires: now.plus(ttl),
-                deadline: now.plus(ttl * 7),
-                user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".into()),
-                user: (i % 3 == 0).then(|| format!("user{i}")),
-                data: json!({"visits": i % 50, "theme": "dark"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            };
+            let mut rec = Record::new(now, now.plus(ttl), now.plus(ttl * 7));
+            rec.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".into());
+            rec.user = (i % 3 == 0).then(|| format!("user{i}"));
+            rec.data = json!({"visits": i % 50, "theme": "dark"})
+                .as_object()
+                .unwrap()
+                .clone();
             pipe.cmd("SET")
                 .arg(format!("{PREFIX}{key}"))
                 .arg(rec.to_json())
@@ -131,7 +125,14 @@ async fn count_and_list_stay_fast_with_a_million_sessions() {
     let t = Instant::now();
     let removed = store.cleanup().await.unwrap();
     let cleanup_took = t.elapsed();
+    // Nothing was stale: the index is whole after the sweeps.
+    assert_eq!(
+        server.cli(&["ZCARD", &index]),
+        n.to_string(),
+        "cleanup keeps the index"
+    );
     assert_eq!(removed, 0);
+    assert_eq!(store.count().await.unwrap(), n);
 
     println!("count (ZCOUNT):                 {count_took:?}");
     println!("list first page of 100:         {first_took:?}");

@@ -1,5 +1,10 @@
 //! The Redis store against a real `redis-server` (started per test by `support::RedisServer` on a
 //! free loopback port), through the store API and through real HTTP on loopback.
+//!
+//! The stores here run with the default settings, so the read cache (on by default) is part of every
+//! test. Redis key names are built here from the documented layout: a session at
+//! `<prefix><store key>`, the index at `<prefix>index`, a (readable) user's set at
+//! `<prefix>user:<user>`.
 
 mod support;
 
@@ -11,14 +16,14 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshot};
 use serde_json::{json, Value};
 use sessionforge::expiry::{Clock, SystemClock, Timestamp};
 use sessionforge::id::{StoreKey, Token};
-use sessionforge::metrics::{Event, Metrics};
-use sessionforge::store::redis::{version_of, ConfigError, RedisConfig, RedisStore};
+use sessionforge::store::redis::{ConfigError, RedisConfig, RedisStore};
 use sessionforge::store::{
-    ChangeSet, Created, ManagedStore, Record, Saved, SessionStore, StoreError, StoreKind, Usage,
-    Version,
+    ChangeSet, Created, HealthStatus, Record, Replaced, Saved, SessionStore, StoreError, Version,
+    VersionRule,
 };
 use sessionforge::{Session, SessionError, SessionLayer};
 use std::collections::HashSet;
@@ -43,30 +48,53 @@ fn config(url: &str) -> RedisConfig {
 }
 
 fn store(server: &RedisServer) -> RedisStore {
-    RedisStore::new(config(&server.url())).unwrap()
+    config(&server.url()).build().unwrap()
 }
 
 fn record(ttl: Duration, data: Value) -> Record {
     let now = SystemClock.now();
-    Record {
-        created_at: now,
-        last_access: now,
-        expires: now.plus(ttl),
-        deadline: now.plus(ttl * 10),
-        user_agent: Some("test-agent".into()),
-        user: None,
-        data: data.as_object().unwrap().clone(),
-    }
+    let mut r = Record::new(now, now.plus(ttl), now.plus(ttl * 10));
+    r.user_agent = Some("test-agent".into());
+    r.data = data.as_object().unwrap().clone();
+    r
 }
 
 fn key() -> StoreKey {
     Token::generate().store_key()
 }
 
+/// The Redis key of a session (one server: `<prefix><store key>`).
+fn rkey(k: &StoreKey) -> String {
+    format!("{PREFIX}{k}")
+}
+
+/// The listing index.
+fn index_key() -> String {
+    format!("{PREFIX}index")
+}
+
+/// The set of a user with a readable id.
+fn user_key(user: &str) -> String {
+    format!("{PREFIX}user:{user}")
+}
+
 async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(LIMIT, fut)
         .await
         .expect("no answer within the test's time limit")
+}
+
+/// The value of counter `name` in a metrics snapshot (0 when it was never incremented).
+fn counter(snapshot: Snapshot, name: &str) -> u64 {
+    snapshot
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == name)
+        .map(|(.., v)| match v {
+            DebugValue::Counter(n) => n,
+            other => panic!("{name} is not a counter: {other:?}"),
+        })
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -162,7 +190,7 @@ async fn call(
 }
 
 fn redis_key_of(token: &str) -> String {
-    format!("{PREFIX}{}", Token::parse(token).unwrap().store_key())
+    rkey(&Token::parse(token).unwrap().store_key())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,7 +209,10 @@ async fn an_http_session_is_stored_as_readable_json_with_a_millisecond_ttl() {
     assert_eq!(second.body, "2");
 
     let rkey = redis_key_of(&token);
-    let stored: Value = serde_json::from_str(&server.cli(&["GET", &rkey])).unwrap();
+    let raw = server.cli(&["GET", &rkey]);
+    // New in this release: the native JSON starts with its version, `{"lastAccess":<ms>`.
+    assert!(raw.starts_with("{\"lastAccess\":"), "{raw}");
+    let stored: Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(stored["data"], json!({"n": 2}));
     assert_eq!(stored["userAgent"], "sessionforge-test/1.0");
     for field in ["createdAt", "lastAccess", "expires", "deadline"] {
@@ -193,7 +224,7 @@ async fn an_http_session_is_stored_as_readable_json_with_a_millisecond_ttl() {
     assert_eq!(server.cli(&["EXISTS", &format!("{PREFIX}{token}")]), "0");
     // The index holds the store key scored by the expiry.
     let score: u64 = server
-        .cli(&["ZSCORE", &format!("{PREFIX}index"), &rkey[PREFIX.len()..]])
+        .cli(&["ZSCORE", &index_key(), &rkey[PREFIX.len()..]])
         .parse()
         .unwrap();
     assert_eq!(score, stored["expires"].as_u64().unwrap());
@@ -212,40 +243,85 @@ async fn create_on_a_taken_key_answers_exists_and_keeps_the_first_value() {
     assert_eq!(loaded.record.data["who"], "first");
     // The same create again (a retry after a dropped connection lost the first answer) succeeded.
     assert_eq!(store.create(&k, &first).await.unwrap(), Created::Created);
-    // A small value is its own version: exactly the stored bytes.
-    let stored = server.cli(&["GET", &store.redis_key(&k)]);
-    assert_eq!(loaded.version.as_str(), stored);
-    // The save script also takes the digest form (Redis's own sha1hex of the stored bytes), as the
-    // store uses for values over 1 KiB: a save against it is not a conflict.
+    // Changed in this release: a native value's version is its `lastAccess` integer (no longer the
+    // stored bytes or their SHA-1), read from the first bytes of the value.
+    let stored = server.cli(&["GET", &rkey(&k)]);
+    let last_access = first.last_access.as_millis().to_string();
+    assert_eq!(loaded.version.as_str(), last_access);
+    assert!(
+        stored.starts_with(&format!("{{\"lastAccess\":{last_access},")),
+        "{stored}"
+    );
+
+    // A value that does not start with `{"lastAccess":` (written by an older release, whose JSON
+    // began with `createdAt`) is versioned by its digest: Redis's own sha1hex of the stored bytes, on
+    // both ends of the compare-and-swap. A save against it is not a conflict.
+    let mut legacy: serde_json::Map<String, Value> = serde_json::Map::new();
+    let current: Value = serde_json::from_str(&stored).unwrap();
+    for field in [
+        "createdAt",
+        "lastAccess",
+        "expires",
+        "deadline",
+        "userAgent",
+        "data",
+    ] {
+        legacy.insert(field.into(), current[field].clone());
+    }
+    let legacy = Value::Object(legacy).to_string();
+    assert!(legacy.starts_with("{\"createdAt\":"), "{legacy}");
+    server.cli(&["SET", &rkey(&k), &legacy, "PX", "60000"]);
+    let old = store.load(&k).await.unwrap().unwrap();
+    assert_eq!(old.record.data["who"], "first");
+    assert_eq!(old.version.as_str().len(), 40);
     let lua = server.cli(&[
         "EVAL",
         "return redis.sha1hex(redis.call('GET', KEYS[1]))",
         "1",
-        &store.redis_key(&k),
+        &rkey(&k),
     ]);
-    assert_eq!(lua, version_of(stored.as_bytes()).as_str());
-    let digest = version_of(stored.as_bytes());
+    assert_eq!(lua, old.version.as_str());
+    assert_eq!(
+        VersionRule::Digest.version_of(legacy.as_bytes()),
+        old.version
+    );
     saves_without_conflict(
         &server,
         &store,
         &k,
-        &digest,
-        &loaded.record,
+        &old.version,
+        &old.record,
         "who",
         "digest",
     )
     .await;
     let after = store.load(&k).await.unwrap().unwrap();
     assert_eq!(after.record.data["who"], "digest");
-    // A large value's version is its digest, and saves against it work the same way.
+    // Written back in the native form, so versioned by its lastAccess again, which moved on.
+    let rewritten = server.cli(&["GET", &rkey(&k)]);
+    assert!(rewritten.starts_with("{\"lastAccess\":"), "{rewritten}");
+    assert_eq!(
+        after.version.as_str(),
+        after.record.last_access.as_millis().to_string()
+    );
+    assert!(after.record.last_access > old.record.last_access);
+
+    // A large value is versioned the same way (nothing is hashed), and saves against it work alike.
     let pad = json!("x".repeat(2000));
     let saved = save_field(&store, &k, &after.version, &after.record, "pad", pad, false).await;
     assert_eq!(saved, Saved::Saved);
     let big = store.load(&k).await.unwrap().unwrap();
-    assert_eq!(big.version.as_str().len(), 40);
-    let stored = server.cli(&["GET", &store.redis_key(&k)]);
-    assert_eq!(big.version, version_of(stored.as_bytes()));
+    assert!(server.cli(&["STRLEN", &rkey(&k)]).parse::<u64>().unwrap() > 2000);
+    assert_eq!(
+        big.version.as_str(),
+        big.record.last_access.as_millis().to_string()
+    );
+    assert_ne!(big.version, after.version);
     saves_without_conflict(&server, &store, &k, &big.version, &big.record, "who", "big").await;
+    assert_eq!(
+        store.load(&k).await.unwrap().unwrap().record.data["who"],
+        "big"
+    );
 }
 
 /// Saves `field = value` against `version` and checks it was stored by one run of the script (a
@@ -285,8 +361,10 @@ async fn save_field(
     changes.expiry_kept = expiry_kept;
     let mut ours = base.clone();
     ours.data.insert(field.into(), value);
+    // Every record written over a stored one has a later lastAccess (the store's version).
+    ours.last_access = base.last_access.next();
     store
-        .save(k, version, &ours.clone().into(), &changes)
+        .save(k, version, &Arc::new(ours), &changes)
         .await
         .unwrap()
 }
@@ -311,31 +389,47 @@ fn script_calls(server: &RedisServer) -> u64 {
     field("calls=") - field("failed_calls=") - field("rejected_calls=")
 }
 
-#[tokio::test]
-async fn a_stale_save_merges_with_the_concurrent_writer_and_counts_a_conflict() {
-    let server = RedisServer::start();
-    let store = store(&server);
-    let k = key();
-    let base_record = record(Duration::from_secs(60), json!({"n": 1}));
-    store.create(&k, &base_record).await.unwrap();
-    let base = store.load(&k).await.unwrap().unwrap().version;
-    let conflicts_before = Metrics::global().get(Event::SaveConflict);
-    for key_name in ["a", "b"] {
-        let mut changes = ChangeSet::default();
-        changes
-            .entries
-            .insert(key_name.into(), Some(json!(key_name)));
-        let mut ours = base_record.clone();
-        changes.apply(&mut ours.data);
-        let saved = store
-            .save(&k, &base, &ours.clone().into(), &changes)
-            .await
-            .unwrap();
-        assert_eq!(saved, Saved::Saved);
-    }
-    let data = store.load(&k).await.unwrap().unwrap().record.data.clone();
-    assert_eq!(Value::Object(data), json!({"n": 1, "a": "a", "b": "b"}));
-    assert!(Metrics::global().get(Event::SaveConflict) > conflicts_before);
+/// Metrics are recorded per thread here (a local recorder on a current-thread runtime), so the
+/// conflicts counted are this test's alone.
+#[test]
+fn a_stale_save_merges_with_the_concurrent_writer_and_counts_a_conflict() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = RedisServer::start();
+        let store = store(&server);
+        let k = key();
+        let base_record = record(Duration::from_secs(60), json!({"n": 1}));
+        store.create(&k, &base_record).await.unwrap();
+        let loaded = store.load(&k).await.unwrap().unwrap();
+        // Two requests loaded the same version; each changes its own key.
+        for key_name in ["a", "b"] {
+            let mut changes = ChangeSet::default();
+            changes
+                .entries
+                .insert(key_name.into(), Some(json!(key_name)));
+            let mut ours = (*loaded.record).clone();
+            changes.apply(&mut ours.data);
+            ours.last_access = loaded.record.last_access.next();
+            let saved = store
+                .save(&k, &loaded.version, &Arc::new(ours), &changes)
+                .await
+                .unwrap();
+            assert_eq!(saved, Saved::Saved);
+        }
+        let data = store.load(&k).await.unwrap().unwrap().record.data.clone();
+        assert_eq!(Value::Object(data), json!({"n": 1, "a": "a", "b": "b"}));
+    });
+    // The second save met the first one's write: one merge.
+    assert_eq!(
+        counter(snapshotter.snapshot(), "sessionforge_save_conflicts_total"),
+        1
+    );
 }
 
 #[tokio::test]
@@ -351,13 +445,13 @@ async fn sixty_four_concurrent_requests_on_one_session_all_land() {
     for i in 0..64 {
         let (client, token) = (client.clone(), token.clone());
         tasks.spawn(async move {
-            call(&client, addr, "PUT", &format!("/set/k{i}"), Some(&token))
-                .await
-                .status
+            let reply = call(&client, addr, "PUT", &format!("/set/k{i}"), Some(&token)).await;
+            (reply.status, reply.body)
         });
     }
-    while let Some(status) = tasks.join_next().await {
-        assert_eq!(status.unwrap(), StatusCode::OK);
+    while let Some(done) = tasks.join_next().await {
+        let (status, body) = done.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
     let data: Value =
         serde_json::from_str(&call(&client, addr, "GET", "/data", Some(&token)).await.body)
@@ -378,24 +472,117 @@ async fn a_save_after_a_delete_never_brings_the_session_back() {
     let k = key();
     let rec = record(Duration::from_secs(60), json!({"n": 1}));
     store.create(&k, &rec).await.unwrap();
-    let base = store.load(&k).await.unwrap().unwrap().version;
+    let loaded = store.load(&k).await.unwrap().unwrap();
     assert!(store.delete(&k).await.unwrap());
     assert!(!store.delete(&k).await.unwrap());
     let mut changes = ChangeSet::default();
     changes.entries.insert("x".into(), Some(json!(1)));
+    let mut ours = (*loaded.record).clone();
+    changes.apply(&mut ours.data);
+    ours.last_access = loaded.record.last_access.next();
     assert_eq!(
         store
-            .save(&k, &base, &rec.clone().into(), &changes)
+            .save(&k, &loaded.version, &Arc::new(ours), &changes)
             .await
             .unwrap(),
         Saved::Gone
     );
-    assert_eq!(server.cli(&["EXISTS", &store.redis_key(&k)]), "0");
+    assert_eq!(server.cli(&["EXISTS", &rkey(&k)]), "0");
     assert_eq!(
-        server.cli(&["ZSCORE", store.index_key(), k.as_str()]),
+        server.cli(&["ZSCORE", &index_key(), k.as_str()]),
         "",
         "no index entry either"
     );
+    assert!(store.load(&k).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn replace_and_an_emptying_save_keep_the_index_and_the_user_sets_in_step() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let score = |set: &str, k: &StoreKey| server.cli(&["ZSCORE", set, k.as_str()]);
+    let k = key();
+    let mut rec = record(Duration::from_secs(600), json!({"n": 1}));
+    rec.user = Some("alice".into());
+    store.create(&k, &rec).await.unwrap();
+    let loaded = store.load(&k).await.unwrap().unwrap();
+    let mut next = (*loaded.record).clone();
+    next.last_access = loaded.record.last_access.next();
+    next.user = Some("bob".into());
+    next.data.insert("n".into(), json!(2));
+
+    // A version that is not the stored one: nothing is written.
+    assert_eq!(
+        store
+            .replace(&k, &Version::new("1"), Some(&next))
+            .await
+            .unwrap(),
+        Replaced::Changed
+    );
+    assert_eq!(store.load(&k).await.unwrap().unwrap().record.data["n"], 1);
+    // The loaded version: written, and the session moves from alice's set to bob's.
+    assert_eq!(
+        store
+            .replace(&k, &loaded.version, Some(&next))
+            .await
+            .unwrap(),
+        Replaced::Replaced
+    );
+    let now = store.load(&k).await.unwrap().unwrap();
+    assert_eq!(now.record.data["n"], 2);
+    assert_eq!(now.record.user.as_deref(), Some("bob"));
+    assert_eq!(
+        now.version.as_str(),
+        next.last_access.as_millis().to_string()
+    );
+    let expires = rec.expires.as_millis().to_string();
+    assert_eq!(score(&user_key("alice"), &k), "");
+    assert_eq!(score(&user_key("bob"), &k), expires);
+    assert_eq!(score(&index_key(), &k), expires);
+    // The version it had before: changed, so nothing is removed either.
+    assert_eq!(
+        store.replace(&k, &loaded.version, None).await.unwrap(),
+        Replaced::Changed
+    );
+    assert_eq!(server.cli(&["EXISTS", &rkey(&k)]), "1");
+    // Removing it at its current version takes its index entries with it.
+    assert_eq!(
+        store.replace(&k, &now.version, None).await.unwrap(),
+        Replaced::Replaced
+    );
+    assert_eq!(server.cli(&["EXISTS", &rkey(&k)]), "0");
+    assert_eq!(score(&index_key(), &k), "");
+    assert_eq!(score(&user_key("bob"), &k), "");
+    // Gone: a replace never writes it again.
+    assert_eq!(
+        store.replace(&k, &now.version, Some(&next)).await.unwrap(),
+        Replaced::Gone
+    );
+    assert_eq!(server.cli(&["EXISTS", &rkey(&k)]), "0");
+
+    // New in this release: a save whose changes leave the session with no data and no user removes
+    // it (the store decides, on what it holds), with its index entry.
+    let k = key();
+    store
+        .create(&k, &record(Duration::from_secs(600), json!({"n": 1})))
+        .await
+        .unwrap();
+    let loaded = store.load(&k).await.unwrap().unwrap();
+    let mut changes = ChangeSet::default();
+    changes.entries.insert("n".into(), None);
+    let mut ours = (*loaded.record).clone();
+    changes.apply(&mut ours.data);
+    ours.last_access = loaded.record.last_access.next();
+    assert_eq!(
+        store
+            .save(&k, &loaded.version, &Arc::new(ours), &changes)
+            .await
+            .unwrap(),
+        Saved::Emptied
+    );
+    assert_eq!(server.cli(&["EXISTS", &rkey(&k)]), "0");
+    assert_eq!(score(&index_key(), &k), "");
+    assert!(store.load(&k).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -450,7 +637,11 @@ async fn two_app_instances_on_one_redis_share_sessions() {
         .unwrap();
     for (i, addr) in [b, a, b, a, b].into_iter().enumerate() {
         let reply = call(&client, addr, "GET", "/count", Some(&token)).await;
-        assert_eq!(reply.body, (i + 2).to_string());
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, (i + 2).to_string().as_str()),
+            "request {i}, through {addr}"
+        );
     }
 }
 
@@ -468,25 +659,26 @@ async fn password_with_special_characters_and_db_1_from_the_environment() {
     };
     let cfg = RedisConfig::from_lookup(env).unwrap().with_prefix(PREFIX);
     assert!(!format!("{cfg:?}").contains(password));
-    let store = RedisStore::new(cfg).unwrap();
+    let store = cfg.build().unwrap();
     let k = key();
     store
         .create(&k, &record(Duration::from_secs(60), json!({"db": 1})))
         .await
         .unwrap();
-    let rkey = store.redis_key(&k);
-    let in_db1: Value = serde_json::from_str(&server.cli(&["-n", "1", "GET", &rkey])).unwrap();
+    let in_db1: Value = serde_json::from_str(&server.cli(&["-n", "1", "GET", &rkey(&k)])).unwrap();
     assert_eq!(in_db1["data"]["db"], 1);
-    assert_eq!(server.cli(&["-n", "0", "EXISTS", &rkey]), "0");
+    assert_eq!(server.cli(&["-n", "0", "EXISTS", &rkey(&k)]), "0");
+    assert_eq!(store.load(&k).await.unwrap().unwrap().record.data["db"], 1);
 
     // A wrong password is a typed error, not a hang or a panic.
-    let wrong = RedisStore::new(config(&format!(
-        "redis://:nope@127.0.0.1:{}",
-        server.port()
-    )))
-    .unwrap();
-    let err = bounded(wrong.ping()).await.unwrap_err();
+    let wrong = config(&format!("redis://:nope@127.0.0.1:{}", server.port()))
+        .build()
+        .unwrap();
+    let err = bounded(wrong.load(&k)).await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
+    let health = bounded(wrong.health()).await;
+    assert_eq!(health.status, HealthStatus::Unavailable, "{health:?}");
+    assert_eq!(health.backend("redis"), Some(false));
 }
 
 #[tokio::test]
@@ -499,8 +691,11 @@ async fn redis_url_wins_over_the_other_variables() {
         "REDIS_DB" => Some("x".to_owned()),
         _ => None,
     };
-    let store = RedisStore::new(RedisConfig::from_lookup(env).unwrap()).unwrap();
-    assert!(bounded(store.ping()).await.is_ok());
+    let store = RedisConfig::from_lookup(env).unwrap().build().unwrap();
+    let health = bounded(store.health()).await;
+    assert_eq!(health.status, HealthStatus::Ok, "{health:?}");
+    assert_eq!(health.backend("redis"), Some(true));
+    assert!(bounded(store.load(&key())).await.unwrap().is_none());
     // Without REDIS_URL the same bad values are errors naming their variable.
     let err = RedisConfig::from_lookup(|n| env(n).filter(|_| n != "REDIS_URL")).unwrap_err();
     assert!(
@@ -519,7 +714,7 @@ async fn redis_url_wins_over_the_other_variables() {
 async fn redis_down_at_start_answers_503_quickly_and_recovers_without_a_rebuild() {
     let mut server = RedisServer::start();
     server.kill();
-    let store = store(&server); // constructed while Redis is down
+    let store = store(&server); // built while Redis is down
     let addr = serve(store.clone(), Gate::default()).await;
     let client = client();
 
@@ -534,33 +729,37 @@ async fn redis_down_at_start_answers_503_quickly_and_recovers_without_a_rebuild(
     let body: Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(body["error"], "session store unavailable");
     assert!(started.elapsed() < TIMEOUT * 2 + Duration::from_millis(500));
-    let err = store.ping().await.unwrap_err();
+    let err = store.load(&key()).await.unwrap_err();
     assert!(
         matches!(
             err,
             StoreError::Unavailable {
-                backend: StoreKind::Redis,
+                backend: "redis",
                 ..
             }
         ),
         "{err:?}"
     );
     let health = store.health().await;
-    assert_eq!(health.redis_healthy, Some(false));
+    assert_eq!(health.status, HealthStatus::Unavailable, "{health:?}");
+    assert_eq!(health.serving, "redis");
+    assert_eq!(health.backend("redis"), Some(false));
 
     server.restart();
     // The very next call connects: a failed connect is not remembered.
     let reply = call(&client, addr, "GET", "/count", None).await;
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "1"));
-    assert_eq!(store.health().await.redis_healthy, Some(true));
+    let health = store.health().await;
+    assert_eq!(health.status, HealthStatus::Ok, "{health:?}");
+    assert_eq!(health.backend("redis"), Some(true));
 
     // Killed again while connected: errors, then the same store recovers after a restart.
     server.kill();
-    assert!(store.ping().await.unwrap_err().is_unavailable());
+    assert!(store.load(&key()).await.unwrap_err().is_unavailable());
     server.restart();
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut failures = 0;
-    while store.ping().await.is_err() {
+    while store.load(&key()).await.is_err() {
         failures += 1;
         assert!(Instant::now() < deadline, "no recovery after restart");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -572,7 +771,7 @@ async fn redis_down_at_start_answers_503_quickly_and_recovers_without_a_rebuild(
 async fn a_frozen_redis_times_out_within_the_command_timeout() {
     let server = RedisServer::start();
     let connected = store(&server);
-    connected.ping().await.unwrap();
+    assert!(connected.load(&key()).await.unwrap().is_none());
     let fresh = store(&server);
     server.pause();
 
@@ -584,16 +783,23 @@ async fn a_frozen_redis_times_out_within_the_command_timeout() {
 
     // A store that must connect first is bounded by the connect timeout instead.
     let started = Instant::now();
-    let err = fresh.ping().await.unwrap_err();
+    let err = fresh.load(&key()).await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
+    assert!(started.elapsed() < TIMEOUT * 2 + Duration::from_millis(300));
+
+    // Health is bounded the same way, and says so.
+    let started = Instant::now();
+    let health = connected.health().await;
+    assert_eq!(health.status, HealthStatus::Unavailable, "{health:?}");
+    assert_eq!(health.backend("redis"), Some(false));
     assert!(started.elapsed() < TIMEOUT * 2 + Duration::from_millis(300));
 
     server.resume();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while connected.ping().await.is_err() {
+    while connected.load(&key()).await.is_err() {
         assert!(Instant::now() < deadline, "no recovery after SIGCONT");
     }
-    fresh.ping().await.unwrap();
+    assert!(fresh.load(&key()).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -604,39 +810,56 @@ async fn corrupt_values_give_a_fresh_session_and_cleanup_removes_them() {
     let client = client();
 
     let planted = Token::generate();
-    let rkey = store.redis_key(&planted.store_key());
-    server.cli(&["SET", &rkey, "{not json"]);
+    let planted_key = rkey(&planted.store_key());
+    server.cli(&["SET", &planted_key, "{not json"]);
     let reply = call(&client, addr, "GET", "/count", Some(planted.as_str())).await;
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "1"));
     let fresh = reply.cookie.expect("a fresh session");
     assert_ne!(fresh, planted.as_str());
-    assert_eq!(server.cli(&["GET", &rkey]), "{not json", "left for cleanup");
+    assert_eq!(
+        server.cli(&["GET", &planted_key]),
+        "{not json",
+        "left for cleanup"
+    );
 
     // A value of the wrong type is ignored as well.
     let hash_key = key();
-    server.cli(&["HSET", &store.redis_key(&hash_key), "a", "b"]);
+    server.cli(&["HSET", &rkey(&hash_key), "a", "b"]);
     assert!(store.load(&hash_key).await.unwrap().is_none());
     // A save against a corrupt value treats it as gone rather than overwriting or merging.
     let rec = record(Duration::from_secs(60), json!({}));
     let saved = store
         .save(
             &planted.store_key(),
-            &sessionforge::store::Version::new("x"),
-            &rec.clone().into(),
+            &Version::new("x"),
+            &Arc::new(rec),
             &ChangeSet::default(),
         )
         .await
         .unwrap();
     assert_eq!(saved, Saved::Gone);
+    assert_eq!(server.cli(&["GET", &planted_key]), "{not json");
     // Keys under the prefix that are not shaped like store keys are not ours: left alone.
     server.cli(&["SET", &format!("{PREFIX}foreign"), "hello"]);
 
     let removed = store.cleanup().await.unwrap();
-    assert_eq!(removed, 2);
-    assert_eq!(server.cli(&["EXISTS", &rkey]), "0");
-    assert_eq!(server.cli(&["EXISTS", &store.redis_key(&hash_key)]), "0");
-    assert_eq!(server.cli(&["GET", &format!("{PREFIX}foreign")]), "hello");
+    assert_eq!(server.cli(&["EXISTS", &planted_key]), "0");
+    assert_eq!(server.cli(&["EXISTS", &rkey(&hash_key)]), "0");
+    assert_eq!(
+        server.cli(&["GET", &format!("{PREFIX}foreign")]),
+        "hello",
+        "a foreign key under the prefix is not a session"
+    );
     assert_eq!(server.cli(&["EXISTS", &redis_key_of(&fresh)]), "1");
+    // The index is not a session either: the fresh session keeps its entry.
+    let fresh_key = Token::parse(&fresh).unwrap().store_key();
+    assert_ne!(
+        server.cli(&["ZSCORE", &index_key(), fresh_key.as_str()]),
+        "",
+        "cleanup removed the index <prefix>index"
+    );
+    assert_eq!(removed, 2, "the corrupt value and the hash");
+    assert_eq!(store.count().await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -648,9 +871,9 @@ async fn a_save_that_keeps_the_expiry_leaves_the_index_and_the_user_set_alone() 
     rec.user = Some("alice".into());
     store.create(&k, &rec).await.unwrap();
     let score = |set: &str| server.cli(&["ZSCORE", set, k.as_str()]);
-    let user_set = store.user_key("alice");
+    let user_set = user_key("alice");
     let expires = rec.expires.as_millis().to_string();
-    assert_eq!(score(store.index_key()), expires);
+    assert_eq!(score(&index_key()), expires);
     assert_eq!(score(&user_set), expires);
 
     // A data change under the same expiry: the value is written, the sets are not touched.
@@ -678,8 +901,48 @@ async fn a_save_that_keeps_the_expiry_leaves_the_index_and_the_user_set_alone() 
     let saved = save_field(&store, &k, &loaded.version, &moved, "n", json!(3), false).await;
     assert_eq!(saved, Saved::Saved);
     let moved = moved.expires.as_millis().to_string();
-    assert_eq!(score(store.index_key()), moved);
+    assert_eq!(score(&index_key()), moved);
     assert_eq!(score(&user_set), moved);
+}
+
+#[tokio::test]
+async fn the_index_and_the_user_sets_carry_no_ttl() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let k = key();
+    let mut rec = record(Duration::from_secs(600), json!({"n": 1}));
+    rec.user = Some("alice".into());
+    store.create(&k, &rec).await.unwrap();
+    let pttl = |key: &str| -> i64 { server.cli(&["PTTL", key]).parse().unwrap() };
+    assert!(
+        pttl(&rkey(&k)) > 500_000,
+        "the session expires with its record"
+    );
+    // Changed in this release: the user sets no longer carry a TTL (neither does the index), so a
+    // volatile-* eviction policy cannot evict them away from their sessions.
+    assert_eq!(pttl(&index_key()), -1);
+    assert_eq!(pttl(&user_key("alice")), -1);
+    // A save that moves the session to another user does not give the new set one either.
+    let loaded = store.load(&k).await.unwrap().unwrap();
+    let mut ours = (*loaded.record).clone();
+    ours.user = Some("bob".into());
+    ours.last_access = loaded.record.last_access.next();
+    let mut changes = ChangeSet::default();
+    changes.user = Some(Some("bob".into()));
+    assert_eq!(
+        store
+            .save(&k, &loaded.version, &Arc::new(ours), &changes)
+            .await
+            .unwrap(),
+        Saved::Saved
+    );
+    assert_eq!(pttl(&user_key("bob")), -1);
+    assert_eq!(server.cli(&["EXISTS", &user_key("alice")]), "0");
+    assert_eq!(pttl(&index_key()), -1);
+    let bob = store.user_sessions("bob").await.unwrap();
+    assert_eq!(bob.len(), 1);
+    assert_eq!(bob[0].id, k);
+    assert!(store.user_sessions("alice").await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -698,8 +961,8 @@ async fn a_page_after_a_vanished_cursor_among_tied_expiries_neither_repeats_nor_
     let cursor = first.next_cursor.clone().expect("more pages");
     // The cursor's session vanishes with its index entry before the next page is asked for.
     let last = first.sessions.last().unwrap().id;
-    server.cli(&["DEL", &store.redis_key(&last)]);
-    server.cli(&["ZREM", store.index_key(), last.as_str()]);
+    server.cli(&["DEL", &rkey(&last)]);
+    server.cli(&["ZREM", &index_key(), last.as_str()]);
     let mut seen: Vec<StoreKey> = first.sessions.iter().map(|s| s.id).collect();
     let mut cursor = Some(cursor);
     while let Some(c) = cursor {
@@ -742,7 +1005,7 @@ async fn count_and_list_page_through_live_sessions_and_cleanup_drops_stale_index
     let mut rec = record(Duration::from_secs(1), json!({}));
     rec.expires = Timestamp::from_millis(now.as_millis() - 1_000);
     store.create(&key(), &rec).await.unwrap();
-    assert_eq!(server.cli(&["ZCARD", store.index_key()]), "2000");
+    assert_eq!(server.cli(&["ZCARD", &index_key()]), "2000");
     // Five that expire shortly: counted while alive, not after, index entries left for cleanup.
     for _ in 0..5 {
         store
@@ -757,7 +1020,7 @@ async fn count_and_list_page_through_live_sessions_and_cleanup_drops_stale_index
     // Ten sessions deleted behind the store's back: orphaned index entries.
     let orphans: Vec<StoreKey> = live.iter().take(10).cloned().collect();
     for k in &orphans {
-        server.cli(&["DEL", &store.redis_key(k)]);
+        server.cli(&["DEL", &rkey(k)]);
         live.remove(k);
     }
     let mut seen = HashSet::new();
@@ -773,6 +1036,7 @@ async fn count_and_list_page_through_live_sessions_and_cleanup_drops_stale_index
             assert!(s.expires.as_millis() >= last, "ordered by expiry");
             last = s.expires.as_millis();
             assert_eq!(s.user_agent.as_deref(), Some("test-agent"));
+            assert!(!s.tombstone);
         }
         match page.next_cursor {
             Some(c) => cursor = Some(c),
@@ -784,17 +1048,24 @@ async fn count_and_list_page_through_live_sessions_and_cleanup_drops_stale_index
     // The listing dropped the orphans it met; the expired entries go with cleanup.
     assert_eq!(store.count().await.unwrap(), 1_990);
     let removed = store.cleanup().await.unwrap();
+    assert_eq!(
+        server.cli(&["ZCARD", &index_key()]),
+        "1990",
+        "cleanup keeps the index, less the expired entries"
+    );
     assert_eq!(removed, 5, "the five expired index entries");
-    assert_eq!(server.cli(&["ZCARD", store.index_key()]), "1990");
 
     // An orphan the listing never met is found by cleanup's sweep.
     let k = *live.iter().next().unwrap();
-    server.cli(&["DEL", &store.redis_key(&k)]);
+    server.cli(&["DEL", &rkey(&k)]);
     assert_eq!(store.cleanup().await.unwrap(), 1);
     assert_eq!(store.count().await.unwrap(), 1_989);
 
-    // A cursor that is not one of ours is an error, not a panic.
-    assert!(store.list(Some("garbage"), 10).await.is_err());
+    // A cursor that is not one of ours is a client's mistake, not a panic.
+    assert!(matches!(
+        store.list(Some("garbage"), 10).await,
+        Err(StoreError::InvalidCursor)
+    ));
 }
 
 #[tokio::test]
@@ -802,26 +1073,142 @@ async fn usage_info_and_health_come_from_the_server() {
     let server =
         RedisServer::with_args(&["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"]);
     let store = store(&server);
-    assert_eq!(store.kind(), StoreKind::Redis);
-    match store.usage().await.unwrap() {
-        Usage::Redis {
-            used_memory,
-            used_memory_human,
-            maxmemory,
-            maxmemory_policy,
-        } => {
-            assert!(used_memory > 0);
-            assert!(!used_memory_human.is_empty());
-            assert_eq!(maxmemory, Some(64 * 1024 * 1024));
-            assert_eq!(maxmemory_policy.as_deref(), Some("volatile-lru"));
-        }
-        other => panic!("{other:?}"),
-    }
-    let info = store.redis_info().await.unwrap().unwrap();
-    assert!(info["server"]["redis_version"].starts_with(|c: char| c.is_ascii_digit()));
-    assert_eq!(info["server"]["tcp_port"], server.port().to_string());
+    assert_eq!(store.name(), "redis");
+    // Changed in this release: usage is open data, the figures as INFO writes them (text).
+    let usage = store.usage().await.unwrap();
+    assert_eq!(usage.section, "memoryUsage");
+    let figure = |name: &str| -> String {
+        usage.figures[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} in {:?}", usage.figures))
+            .to_owned()
+    };
+    assert!(figure("used_memory").parse::<u64>().unwrap() > 0);
+    assert!(!figure("used_memory_human").is_empty());
+    assert_eq!(figure("maxmemory"), (64 * 1024 * 1024).to_string());
+    assert_eq!(figure("maxmemory_policy"), "volatile-lru");
+    assert!(usage.warnings.is_empty(), "{:?}", usage.warnings);
+    // `info()` answers `{"redis": INFO by section}`.
+    let info = store.info().await.unwrap().unwrap();
+    let server_info = &info["redis"]["server"];
+    assert!(server_info["redis_version"]
+        .as_str()
+        .unwrap()
+        .starts_with(|c: char| c.is_ascii_digit()));
+    assert_eq!(server_info["tcp_port"], server.port().to_string());
+    let started = Instant::now();
     let health = store.health().await;
-    assert_eq!(health.serving, StoreKind::Redis);
-    assert_eq!(health.redis_healthy, Some(true));
-    assert!(store.ping().await.unwrap() < TIMEOUT);
+    assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
+    assert_eq!(health.serving, "redis");
+    assert_eq!(health.status, HealthStatus::Ok, "{health:?}");
+    assert!(health.is_serving());
+    assert_eq!(health.backend("redis"), Some(true));
+    assert_eq!(health.reason, None);
+}
+
+#[tokio::test]
+async fn a_redis_at_maxmemory_under_noeviction_is_full_and_health_says_degraded() {
+    let server = RedisServer::with_args(&["--maxmemory-policy", "noeviction"]);
+    let store = store(&server);
+    let addr = serve(store.clone(), Gate::default()).await;
+    let client = client();
+    let k = key();
+    store
+        .create(&k, &record(Duration::from_secs(600), json!({"n": 1})))
+        .await
+        .unwrap();
+    let loaded = store.load(&k).await.unwrap().unwrap();
+
+    // Fill Redis past a limit set below what it uses: every write is refused for memory now.
+    server.cli(&[
+        "EVAL",
+        "redis.call('SET', KEYS[1], string.rep('x', tonumber(ARGV[1])))",
+        "1",
+        "filler",
+        "4000000",
+    ]);
+    assert_eq!(server.cli(&["CONFIG", "SET", "maxmemory", "1mb"]), "OK");
+    assert!(server.cli(&["SET", "probe", "x"]).starts_with("OOM"));
+
+    // New in this release: a write Redis refuses for memory is `StoreError::Full`, not a backend
+    // error nor an outage (nothing to fail over for).
+    let err = store
+        .create(&key(), &record(Duration::from_secs(600), json!({"n": 1})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::Full {
+                backend: "redis",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_full() && !err.is_unavailable());
+    let err = save_field_err(&store, &k, &loaded.version, &loaded.record).await;
+    assert!(err.is_full(), "{err:?}");
+    // Reads still work, and nothing was written.
+    let still = store.load(&k).await.unwrap().unwrap();
+    assert_eq!(Value::Object(still.record.data.clone()), json!({"n": 1}));
+    // Through HTTP: 503 with the public message.
+    let reply = call(&client, addr, "GET", "/count", None).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    let body: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["error"], "session store full");
+
+    // Health: still serving (reads work), degraded, Redis itself answering.
+    let health = store.health().await;
+    assert_eq!(health.status, HealthStatus::Degraded, "{health:?}");
+    assert!(health.is_serving());
+    assert_eq!(health.reason.as_deref(), Some("store full"));
+    assert_eq!(health.backend("redis"), Some(true));
+    let usage = store.usage().await.unwrap();
+    assert!(
+        usage.warnings.iter().any(|w| w.contains("of maxmemory")),
+        "{:?}",
+        usage.warnings
+    );
+
+    // Room again: writes go through and health is ok.
+    assert_eq!(server.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
+    assert_eq!(store.health().await.status, HealthStatus::Ok);
+    assert_eq!(
+        save_field(
+            &store,
+            &k,
+            &loaded.version,
+            &loaded.record,
+            "n",
+            json!(2),
+            false
+        )
+        .await,
+        Saved::Saved
+    );
+    assert_eq!(store.load(&k).await.unwrap().unwrap().record.data["n"], 2);
+}
+
+/// As [`save_field`] (setting `n = 2`), for a save that must fail: answers the error.
+async fn save_field_err(
+    store: &RedisStore,
+    k: &StoreKey,
+    version: &Version,
+    base: &Record,
+) -> StoreError {
+    let mut changes = ChangeSet::default();
+    changes.entries.insert("n".into(), Some(json!(2)));
+    let mut ours = base.clone();
+    changes.apply(&mut ours.data);
+    ours.last_access = base.last_access.next();
+    store
+        .save(k, version, &Arc::new(ours), &changes)
+        .await
+        .unwrap_err()
 }

@@ -6,7 +6,7 @@ mod support;
 
 use sessionforge::id::Token;
 use sessionforge::store::redis::{RedisConfig, RedisStore};
-use sessionforge::store::{Record, SessionStore};
+use sessionforge::store::{HealthStatus, Record, SessionStore};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,23 +151,24 @@ impl Drop for TlsRedis {
 
 fn record() -> Record {
     let now = sessionforge::expiry::Clock::now(&sessionforge::expiry::SystemClock);
-    Record {
-        created_at: now,
-        last_access: now,
-        expires: now.plus(Duration::from_secs(60)),
-        deadline: now.plus(Duration::from_secs(600)),
-        user_agent: None,
-        user: None,
-        data: serde_json::json!({"tls": true})
-            .as_object()
-            .unwrap()
-            .clone(),
-    }
+    let mut r = Record::new(
+        now,
+        now.plus(Duration::from_secs(60)),
+        now.plus(Duration::from_secs(600)),
+    );
+    r.data = serde_json::json!({"tls": true})
+        .as_object()
+        .unwrap()
+        .clone();
+    r
 }
 
-fn timeouts(c: RedisConfig) -> RedisConfig {
+/// The store of `c` with test timeouts (and the default settings otherwise: the read cache is on).
+fn build(c: RedisConfig) -> RedisStore {
     c.with_connect_timeout(Duration::from_secs(2))
         .with_command_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -184,12 +185,39 @@ async fn sessions_round_trip_over_tls_with_the_ca_from_the_environment() {
     })
     .unwrap();
     assert!(config.tls());
-    let store = RedisStore::new(timeouts(config)).unwrap();
+    let store = build(config);
     let key = Token::generate().store_key();
     store.create(&key, &record()).await.unwrap();
     let loaded = store.load(&key).await.unwrap().expect("stored over TLS");
     assert_eq!(loaded.record.data["tls"], true);
-    assert!(store.ping().await.is_ok());
+    // The read cache (on by default) opens its own TLS connection with the same CA: once it is
+    // open, loads of the session are answered from the cache.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = || {
+        store
+            .read_cache_stats()
+            .expect("the read cache is on by default")
+    };
+    while stats().flushes == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the read cache never opened its TLS connection: {:?}",
+            stats()
+        );
+        let again = store.load(&key).await.unwrap().expect("stored over TLS");
+        assert_eq!(again.record.data["tls"], true);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.load(&key).await.unwrap().expect("stored over TLS");
+    let hits = stats().hits;
+    let again = store.load(&key).await.unwrap().expect("stored over TLS");
+    assert_eq!(again.record.data["tls"], true);
+    assert_eq!(stats().hits, hits + 1, "{:?}", stats());
+    let health = store.health().await;
+    assert_eq!(health.status, HealthStatus::Ok, "{health:?}");
+    assert_eq!(health.backend("redis"), Some(true));
+    assert!(store.delete(&key).await.unwrap());
+    assert!(store.load(&key).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -197,18 +225,23 @@ async fn an_untrusted_certificate_is_refused_promptly() {
     let redis = TlsRedis::start();
     // The system's roots do not include the test CA.
     let config = RedisConfig::new(format!("rediss://127.0.0.1:{}", redis.port)).unwrap();
-    let store = RedisStore::new(timeouts(config)).unwrap();
+    let store = build(config);
+    let key = Token::generate().store_key();
     let start = Instant::now();
-    let err = store.ping().await.unwrap_err();
+    let err = store.load(&key).await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
     assert!(start.elapsed() < Duration::from_secs(5));
-    // Plain text to a TLS port does not get through either.
-    let plain = RedisStore::new(timeouts(
-        RedisConfig::new(format!("redis://127.0.0.1:{}", redis.port)).unwrap(),
-    ))
-    .unwrap();
-    let err = plain.ping().await.unwrap_err();
+    let health = store.health().await;
+    assert_eq!(health.status, HealthStatus::Unavailable, "{health:?}");
+    assert_eq!(health.backend("redis"), Some(false));
+    let err = store.create(&key, &record()).await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
+    // Plain text to a TLS port does not get through either.
+    let plain = build(RedisConfig::new(format!("redis://127.0.0.1:{}", redis.port)).unwrap());
+    let start = Instant::now();
+    let err = plain.load(&key).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod load;
 mod support;
 
 use sessionforge::shutdown::Shutdown;
-use sessionforge::store::redis::{RedisConfig, RedisStore};
+use sessionforge::store::redis::RedisConfig;
 use sessionforge::store::{FailoverStore, FileStore};
 use sessionforge::SessionLayer;
 use std::sync::atomic::AtomicBool;
@@ -26,13 +26,12 @@ async fn sigterm_during_load_loses_no_acknowledged_change() {
         let dir = tempfile::tempdir().unwrap();
         let shutdown = Shutdown::new();
         shutdown.listen_for_os_signals();
-        let store = FailoverStore::new(
-            RedisStore::new(
-                RedisConfig::new(redis.url())
-                    .unwrap()
-                    .with_prefix("sd:sess:"),
-            )
-            .unwrap(),
+        let store = FailoverStore::builder(
+            RedisConfig::new(redis.url())
+                .unwrap()
+                .with_prefix("sd:sess:")
+                .build()
+                .unwrap(),
             FileStore::new(dir.path()),
         )
         .start(&shutdown)

@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 use sessionforge::admin::{AdminAuth, AdminService};
 use sessionforge::id::{StoreKey, Token};
 use sessionforge::store::redis::{RedisConfig, RedisStore};
-use sessionforge::store::{FileStore, ManagedStore};
+use sessionforge::store::{FileStore, SessionStore};
 use sessionforge::{Session, SessionError, SessionLayer};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -52,7 +52,7 @@ fn planted_values() -> Vec<Vec<u8>> {
     ]
 }
 
-fn app<S: ManagedStore + Clone>(store: S) -> Router {
+fn app<S: SessionStore + Clone>(store: S) -> Router {
     Router::new()
         .route(
             "/incr",
@@ -65,10 +65,25 @@ fn app<S: ManagedStore + Clone>(store: S) -> Router {
         )
         .route("/ping", get(|| async { "pong" }))
         .layer(SessionLayer::new(store.clone()).with_secure(false))
-        .nest_service(
+        .nest(
             "/api/sessions",
-            AdminService::new(store).with_auth(AdminAuth::insecure_open_to_anyone()),
+            AdminService::new(store)
+                .with_auth(AdminAuth::insecure_open_to_anyone())
+                // `/metrics` answers 404 without an exporter now; this one renders nothing of its
+                // own, but the route still counts the store's sessions for its gauge first.
+                .with_metrics(String::new)
+                .router(),
         )
+}
+
+/// Where the Redis store keeps a session: `<prefix><store key>`.
+fn redis_key(key: &StoreKey) -> String {
+    format!("{PREFIX}{}", key.as_str())
+}
+
+/// The Redis store's index of sessions: `<prefix>index`.
+fn index_key() -> String {
+    format!("{PREFIX}index")
 }
 
 async fn serve(app: Router) -> SocketAddr {
@@ -115,8 +130,11 @@ fn well_formed(i: usize) -> bool {
 async fn corrupt_values_planted_in_redis_are_absent_and_never_a_5xx() {
     tokio::time::timeout(Duration::from_secs(30), async {
         let redis = RedisServer::start();
-        let store =
-            RedisStore::new(RedisConfig::new(redis.url()).unwrap().with_prefix(PREFIX)).unwrap();
+        let store: RedisStore = RedisConfig::new(redis.url())
+            .unwrap()
+            .with_prefix(PREFIX)
+            .build()
+            .unwrap();
         let addr = serve(app(store.clone())).await;
         let panics = load::count_panics();
         let client = redis::Client::open(redis.url()).unwrap();
@@ -124,7 +142,7 @@ async fn corrupt_values_planted_in_redis_are_absent_and_never_a_5xx() {
         let mut tokens = Vec::new();
         for value in planted_values() {
             let token = Token::generate();
-            let rkey = store.redis_key(&token.store_key());
+            let rkey = redis_key(&token.store_key());
             let _: () = redis::cmd("SET")
                 .arg(&rkey)
                 .arg(value)
@@ -132,7 +150,7 @@ async fn corrupt_values_planted_in_redis_are_absent_and_never_a_5xx() {
                 .await
                 .unwrap();
             let _: () = redis::cmd("ZADD")
-                .arg(store.index_key())
+                .arg(index_key())
                 .arg(i64::MAX)
                 .arg(token.store_key().as_str())
                 .query_async(&mut conn)
@@ -143,14 +161,14 @@ async fn corrupt_values_planted_in_redis_are_absent_and_never_a_5xx() {
         // A key of the wrong type, and an index entry that is not a store key at all.
         let wrong = Token::generate();
         let _: () = redis::cmd("LPUSH")
-            .arg(store.redis_key(&wrong.store_key()))
+            .arg(redis_key(&wrong.store_key()))
             .arg("x")
             .query_async(&mut conn)
             .await
             .unwrap();
         tokens.push(wrong);
         let _: () = redis::cmd("ZADD")
-            .arg(store.index_key())
+            .arg(index_key())
             .arg(1)
             .arg("../../etc/passwd")
             .query_async(&mut conn)
@@ -220,7 +238,7 @@ async fn corrupt_files_symlinks_and_path_shaped_cookies_stay_inside_the_file_sto
             dir.join(format!("{}.json", as_link.store_key())),
         )
         .unwrap();
-        tokens.push(as_link.clone());
+        tokens.push(as_link);
         // Files that are not sessions at all.
         std::fs::write(dir.join("README"), b"not a session").unwrap();
         std::fs::write(dir.join("..json"), b"{").unwrap();

@@ -88,6 +88,25 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Runs `redis-cli -c` (following `MOVED` redirections) against the first running node; answers
+    /// its standard output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.pid().is_some())
+            .expect("a running node");
+        let out = Command::new("redis-cli")
+            .args(["-c", "-h", "127.0.0.1", "-p", &node.port().to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .expect("run redis-cli -c");
+        assert!(out.status.success(), "redis-cli -c {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    }
+
     /// Waits until every running node says `cluster_state:ok`, covers all slots and knows `known`
     /// nodes.
     pub fn wait_ok(&self, known: usize) {
@@ -282,6 +301,34 @@ impl SentinelSetup {
             .iter()
             .position(|s| s.port() == port)
             .expect("the sentinels' master is one of ours")
+    }
+
+    /// Waits until the replica has everything the master had written when this was called: its
+    /// `slave_repl_offset` reaches the `master_repl_offset` the master reports first. (Replication is
+    /// asynchronous, and `SENTINEL FAILOVER` does not wait for the replica to catch up.)
+    pub fn wait_replicated(&self) {
+        let master = self.master();
+        let replica = 1 - master;
+        let target = offset(
+            &self.servers[master].cli(&["INFO", "replication"]),
+            "master_repl_offset",
+        )
+        .expect("the master reports its replication offset");
+        let deadline = Instant::now() + FORM_DEADLINE;
+        loop {
+            let at = offset(
+                &self.servers[replica].cli(&["INFO", "replication"]),
+                "slave_repl_offset",
+            );
+            if at.is_some_and(|at| at >= target) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not reach offset {target} within {FORM_DEADLINE:?} (at {at:?})"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn wait_ready(&self) {

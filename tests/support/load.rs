@@ -78,6 +78,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// The session cookie the response set, if any (`Some("")` for a removal).
     pub set_cookie: Option<String>,
+    /// The response body (empty when the request failed at the transport): an error's message.
+    pub body: String,
 }
 
 /// An HTTP client for loopback, one connection pool.
@@ -113,16 +115,30 @@ pub async fn send(
             .filter_map(|c| c.split(';').next()?.strip_prefix("id=").map(str::to_owned))
             .next_back();
         // Read the body whole: the exchange is done only then.
-        res.into_body().collect().await.ok()?;
-        Some((status, set_cookie))
+        let body = res.into_body().collect().await.ok()?.to_bytes();
+        Some((
+            status,
+            set_cookie,
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
     })
     .await
     .ok()
     .flatten();
-    Outcome {
-        status: res.as_ref().map(|r| r.0),
-        elapsed: start.elapsed(),
-        set_cookie: res.and_then(|r| r.1),
+    let elapsed = start.elapsed();
+    match res {
+        Some((status, set_cookie, body)) => Outcome {
+            status: Some(status),
+            elapsed,
+            set_cookie,
+            body,
+        },
+        None => Outcome {
+            status: None,
+            elapsed,
+            set_cookie: None,
+            body: String::new(),
+        },
     }
 }
 
@@ -200,7 +216,7 @@ pub async fn run_client(
             }
             Some(s) => {
                 t.non_2xx += 1;
-                t.bad.push(format!("{s} after {:?}", o.elapsed));
+                t.bad.push(format!("{s} after {:?}: {}", o.elapsed, o.body));
             }
             None => {
                 t.non_2xx += 1;

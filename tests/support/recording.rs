@@ -1,9 +1,10 @@
-//! A store wrapper that records every call, and one that fails on demand.
+//! A store wrapper that records every call, and fails on demand.
 #![allow(dead_code)]
 
 use sessionforge::id::StoreKey;
 use sessionforge::store::{
-    ChangeSet, Created, Loaded, Record, Saved, SessionStore, StoreError, StoreKind, Version,
+    ChangeSet, Created, Health, Loaded, Page, Record, Replaced, Saved, SessionStore, StoreError,
+    Summary, Usage, Version,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 pub enum Call {
     Load(StoreKey),
     Create(StoreKey),
+    Replace(StoreKey),
     Save(StoreKey),
     Delete(StoreKey),
     UserSessions(String),
@@ -20,7 +22,8 @@ pub enum Call {
     Count,
 }
 
-/// Wraps a store, logging each call in order; `fail` makes every call fail as "unavailable".
+/// Wraps a store, logging each call in order; `fail` makes every call fail as "unavailable", and
+/// health report the store down (which is how the failover store sees a primary go away).
 #[derive(Clone)]
 pub struct Recording<S> {
     pub inner: S,
@@ -45,7 +48,7 @@ impl<S> Recording<S> {
         self.calls.lock().unwrap().push(c);
         if self.fail.load(Ordering::SeqCst) {
             Err(StoreError::Unavailable {
-                backend: StoreKind::Memory,
+                backend: "recording",
                 source: "injected failure".into(),
             })
         } else {
@@ -55,6 +58,9 @@ impl<S> Recording<S> {
 }
 
 impl<S: SessionStore> SessionStore for Recording<S> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
     async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
         self.log(Call::Load(*key))?;
         self.inner.load(key).await
@@ -63,11 +69,20 @@ impl<S: SessionStore> SessionStore for Recording<S> {
         self.log(Call::Create(*key))?;
         self.inner.create(key, record).await
     }
+    async fn replace(
+        &self,
+        key: &StoreKey,
+        expected: &Version,
+        record: Option<&Record>,
+    ) -> Result<Replaced, StoreError> {
+        self.log(Call::Replace(*key))?;
+        self.inner.replace(key, expected, record).await
+    }
     async fn save(
         &self,
         key: &StoreKey,
         base: &Version,
-        ours: &std::sync::Arc<Record>,
+        ours: &Arc<Record>,
         changes: &ChangeSet,
     ) -> Result<Saved, StoreError> {
         self.log(Call::Save(*key))?;
@@ -77,22 +92,9 @@ impl<S: SessionStore> SessionStore for Recording<S> {
         self.log(Call::Delete(*key))?;
         self.inner.delete(key).await
     }
-    async fn user_sessions(
-        &self,
-        user: &str,
-    ) -> Result<Vec<sessionforge::store::Summary>, StoreError> {
+    async fn user_sessions(&self, user: &str) -> Result<Vec<Summary>, StoreError> {
         self.log(Call::UserSessions(user.to_owned()))?;
         self.inner.user_sessions(user).await
-    }
-}
-
-use sessionforge::store::{ManagedStore, Page, StoreHealth, Usage};
-
-/// A `Recording` of a managed store is managed too; while failing it reports an unhealthy "Redis",
-/// which is how the failover store sees a primary go down.
-impl<S: ManagedStore> ManagedStore for Recording<S> {
-    fn kind(&self) -> StoreKind {
-        self.inner.kind()
     }
     async fn count(&self) -> Result<u64, StoreError> {
         self.log(Call::Count)?;
@@ -106,16 +108,22 @@ impl<S: ManagedStore> ManagedStore for Recording<S> {
         self.log(Call::Count)?;
         self.inner.cleanup().await
     }
-    async fn health(&self) -> StoreHealth {
-        let down = self.fail.load(Ordering::SeqCst);
-        StoreHealth {
-            serving: self.inner.kind(),
-            healthy: !down,
-            redis_healthy: Some(!down),
-            detail: down.then(|| "injected outage".to_owned()),
+    async fn health(&self) -> Health {
+        if self.fail.load(Ordering::SeqCst) {
+            Health::ok(self.inner.name())
+                .unavailable("injected outage")
+                .with_backend(self.inner.name(), false)
+        } else {
+            self.inner.health().await
         }
     }
     async fn usage(&self) -> Result<Usage, StoreError> {
         self.inner.usage().await
+    }
+    fn format(&self) -> sessionforge::format::SharedFormat {
+        self.inner.format()
+    }
+    fn clock(&self) -> sessionforge::expiry::SharedClock {
+        self.inner.clock()
     }
 }
