@@ -148,3 +148,86 @@ async fn count_and_list_stay_fast_with_a_million_sessions() {
     assert!(first_took < Duration::from_millis(200), "{first_took:?}");
     assert!(middle_took < Duration::from_millis(200), "{middle_took:?}");
 }
+
+/// The express format keeps no index of ours (Node would not maintain it): count, listing, a user's
+/// sessions and cleanup scan the prefix with cursor-paged `SCAN`, never `KEYS`. This measures what
+/// that costs at `SCALE_SESSIONS` (100,000 by default) sessions written the way connect-redis writes
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "loads 100,000 express sessions; run with --ignored (see the file's docs)"]
+async fn express_format_scans_cost_at_a_hundred_thousand_sessions() {
+    let n: u64 = std::env::var("SCALE_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let server = RedisServer::start();
+    let express =
+        std::sync::Arc::new(sessionforge::format::Express::new(["keyboard cat"]).unwrap());
+    let store = RedisConfig::new(server.url())
+        .unwrap()
+        .with_prefix(PREFIX)
+        .with_format(express)
+        .with_command_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let started = Instant::now();
+    let mut loaded = 0u64;
+    let expires =
+        humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(3600));
+    while loaded < n {
+        let mut pipe = redis::pipe();
+        for i in loaded..(loaded + 10_000).min(n) {
+            // A 32-character sid, as uid-safe(24) makes them, and connect-redis's value and TTL.
+            let token = Token::generate();
+            let sid = &token.as_str()[..32];
+            let value = json!({
+                "cookie": {"originalMaxAge": 3_600_000, "expires": expires.to_string(),
+                           "secure": false, "httpOnly": true, "path": "/", "sameSite": "lax"},
+                "user": format!("user{}", i % 1000),
+                "visits": i % 50,
+            });
+            pipe.cmd("SET")
+                .arg(format!("{PREFIX}{sid}"))
+                .arg(value.to_string())
+                .arg("EX")
+                .arg(3600)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
+        loaded = (loaded + 10_000).min(n);
+    }
+    println!("loaded {n} express sessions in {:?}", started.elapsed());
+
+    let t = Instant::now();
+    let count = store.count().await.unwrap();
+    let count_took = t.elapsed();
+    assert_eq!(count, n);
+    let t = Instant::now();
+    let first = store.list(None, 100).await.unwrap();
+    let first_took = t.elapsed();
+    assert_eq!(first.sessions.len(), 100);
+    // Follow the cursor for ten more pages.
+    let t = Instant::now();
+    let mut cursor = first.next_cursor.clone();
+    for _ in 0..10 {
+        let page = store.list(cursor.as_deref(), 100).await.unwrap();
+        cursor = page.next_cursor;
+    }
+    let pages_took = t.elapsed() / 10;
+    let t = Instant::now();
+    let mine = store.user_sessions("user7").await.unwrap();
+    let user_took = t.elapsed();
+    assert_eq!(mine.len() as u64, n / 1000);
+    let t = Instant::now();
+    let removed = store.cleanup().await.unwrap();
+    let cleanup_took = t.elapsed();
+    assert_eq!(removed, 0);
+
+    println!("express count (SCAN of every key):       {count_took:?}");
+    println!("express list first page of 100:           {first_took:?}");
+    println!("express list, next pages (mean):          {pages_took:?}");
+    println!("express one user's sessions (SCAN):       {user_took:?}");
+    println!("express cleanup (SCAN sweep):             {cleanup_took:?}");
+}

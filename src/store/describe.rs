@@ -228,11 +228,7 @@ impl Usage {
 }
 
 /// Bytes the way Redis writes `used_memory_human`: `512B`, `1.50K`, `1.00M`, `2.25G` (powers of 1024).
-///
-/// ```
-/// assert_eq!(sessionforge::store::human_bytes(1536), "1.50K");
-/// ```
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
     if n < 1024 {
         return format!("{n}B");

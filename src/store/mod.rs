@@ -70,9 +70,8 @@ mod record;
 pub mod redis;
 mod version;
 
-pub use describe::{
-    human_bytes, sort_user_sessions, Backend, Health, HealthStatus, Page, Summary, Usage,
-};
+pub(crate) use describe::human_bytes;
+pub use describe::{sort_user_sessions, Backend, Health, HealthStatus, Page, Summary, Usage};
 pub use error::{BoxError, StoreError};
 pub use failover::FailoverStore;
 pub use file::FileStore;

@@ -87,7 +87,7 @@
 mod disk;
 mod quota;
 
-pub use quota::{DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES};
+use quota::{DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES};
 
 use super::provided::target;
 use super::{
@@ -203,7 +203,7 @@ impl FileStore {
     }
 
     /// Settings for a store in `dir`, created (mode `0700`) on first use if missing. Defaults: no
-    /// fsync, at most [`DEFAULT_MAX_FILES`] files and [`DEFAULT_MAX_BYTES`] bytes, the system clock,
+    /// fsync, at most 100,000 files and 1 GiB, the system clock,
     /// the native format.
     pub fn builder(dir: impl Into<PathBuf>) -> FileConfig {
         FileConfig {

@@ -5,9 +5,9 @@ use crate::store::StoreError;
 use std::path::Path;
 
 /// Default [`FileConfig::with_max_files`](super::FileConfig::with_max_files).
-pub const DEFAULT_MAX_FILES: u64 = 100_000;
+pub(super) const DEFAULT_MAX_FILES: u64 = 100_000;
 /// Default [`FileConfig::with_max_bytes`](super::FileConfig::with_max_bytes): 1 GiB.
-pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+pub(super) const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
 /// The figures.
 #[derive(Default, Debug, Clone, Copy)]
