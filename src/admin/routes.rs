@@ -144,17 +144,22 @@ pub(super) async fn delete(
     }
 }
 
+/// `{"success":true,"deletedSessions":n,"message":…}`.
+fn removed(n: u64, message: String) -> Response {
+    json::json(
+        StatusCode::OK,
+        &Removed {
+            success: true,
+            deleted_sessions: n,
+            message,
+        },
+    )
+}
+
 /// `POST /cleanup`.
 pub(super) async fn cleanup(State(admin): State<Admin>) -> Response {
     match admin.store.cleanup().await {
-        Ok(n) => json::json(
-            StatusCode::OK,
-            &Removed {
-                success: true,
-                deleted_sessions: n,
-                message: format!("Cleaned up {n} expired sessions"),
-            },
-        ),
+        Ok(n) => removed(n, format!("Cleaned up {n} expired sessions")),
         Err(e) => json::store_error(&e),
     }
 }
@@ -207,14 +212,7 @@ pub(super) async fn revoke_user(
     match admin.store.revoke_user_sessions(&user, None).await {
         Ok(n) => {
             tracing::info!(sessions = n, "admin revoked a user's sessions");
-            json::json(
-                StatusCode::OK,
-                &Removed {
-                    success: true,
-                    deleted_sessions: n,
-                    message: format!("Revoked {n} sessions of the user"),
-                },
-            )
+            removed(n, format!("Revoked {n} sessions of the user"))
         }
         Err(e) => json::store_error(&e),
     }

@@ -164,6 +164,20 @@ impl<S: SessionStore> Conformance<S> {
         (key, rec)
     }
 
+    /// A session that expires one second from now (by the store's clock).
+    async fn created_for_a_second(&self) -> StoreKey {
+        let key = self.key();
+        let now = self.now();
+        let mut rec = Record::new(
+            now,
+            now.plus(Duration::from_secs(1)),
+            now.plus(Duration::from_secs(60)),
+        );
+        rec.data.insert("x".into(), json!(1));
+        self.store.create(&key, &rec).await.unwrap();
+        key
+    }
+
     /// A request's view after setting `k` to `v`, as the layer builds it (a later `lastAccess`).
     fn ours(&self, loaded: &Record, changes: &ChangeSet) -> Arc<Record> {
         let mut r = loaded.clone();
@@ -471,15 +485,7 @@ impl<S: SessionStore> Conformance<S> {
 
     async fn expiry(&self) {
         let clock = self.clock.clone().expect("a clock");
-        let key = self.key();
-        let now = self.now();
-        let mut rec = Record::new(
-            now,
-            now.plus(Duration::from_secs(1)),
-            now.plus(Duration::from_secs(60)),
-        );
-        rec.data.insert("x".into(), json!(1));
-        self.store.create(&key, &rec).await.unwrap();
+        let key = self.created_for_a_second().await;
         assert!(self.store.load(&key).await.unwrap().is_some());
         clock.advance(Duration::from_secs(2));
         // A backend with its own clock (Redis TTLs) forgets by real time.
@@ -488,9 +494,9 @@ impl<S: SessionStore> Conformance<S> {
             self.store.load(&key).await.unwrap().is_none(),
             "conformance: an expired session must not load"
         );
-        rec.data.insert("again".into(), json!(true));
+        let again = self.record(json!({"again": true}));
         assert_eq!(
-            self.store.create(&key, &rec).await.unwrap(),
+            self.store.create(&key, &again).await.unwrap(),
             Created::Created,
             "conformance: an expired session's key is free again"
         );
@@ -607,15 +613,7 @@ impl<S: SessionStore> Conformance<S> {
 
     async fn cleanup(&self) {
         let clock = self.clock.clone().expect("a clock");
-        let key = self.key();
-        let now = self.now();
-        let mut rec = Record::new(
-            now,
-            now.plus(Duration::from_secs(1)),
-            now.plus(Duration::from_secs(60)),
-        );
-        rec.data.insert("x".into(), json!(1));
-        self.store.create(&key, &rec).await.unwrap();
+        let key = self.created_for_a_second().await;
         let (live, _) = self.created(json!({"stays": true})).await;
         clock.advance(Duration::from_secs(2));
         tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -338,8 +338,13 @@ impl RedisStore {
                 let now = self.inner.config.clock.now();
                 Ok(match (loaded, ttl_ms) {
                     (Some(mut l), Some(ttl)) if ttl > 0 => {
-                        Arc::make_mut(&mut l.record).expires =
-                            now.plus(std::time::Duration::from_millis(ttl as u64));
+                        // The stored expiry, unless the TTL tells another (a touch by another app
+                        // moves only the TTL); a second apart is the rounding of `SET … EX`.
+                        let by_ttl = now.plus(std::time::Duration::from_millis(ttl as u64));
+                        let stored = l.record.expires;
+                        if by_ttl.as_millis().abs_diff(stored.as_millis()) > 1000 {
+                            Arc::make_mut(&mut l.record).expires = by_ttl;
+                        }
                         Some(l)
                     }
                     (loaded, _) => loaded.filter(|l| !l.record.is_expired(now)),
