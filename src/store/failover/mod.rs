@@ -51,6 +51,7 @@
 //!   `sessionforge_failbacks_total`, `sessionforge_store_mode`) and visible in the health and stats
 //!   routes (`sessionStore` is the store serving now; the last transition is in the admin's health).
 
+mod fallback;
 mod migrate;
 mod monitor;
 mod outage;
@@ -64,6 +65,7 @@ use crate::expiry::{SharedClock, Timestamp};
 use crate::format::SharedFormat;
 use crate::id::StoreKey;
 use crate::shutdown::Shutdown;
+use fallback::Copy;
 use outage::{Revoked, RevokedUsers};
 use recent::Recent;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -258,14 +260,6 @@ fn fails_over(e: &StoreError) -> bool {
     )
 }
 
-/// What the fallback holds for a session.
-enum Copy {
-    Live(Loaded),
-    /// Deleted during the outage.
-    Tomb,
-    Absent,
-}
-
 /// The failure of a step that touches both stores, with the side it came from: only the primary
 /// failing is a reason to switch back to the fallback.
 enum Side {
@@ -371,90 +365,6 @@ impl<P: SessionStore, F: SessionStore> FailoverStore<P, F> {
                 Ok(())
             }
             Err(Side::Primary(e) | Side::Fallback(e)) => Err(e),
-        }
-    }
-
-    /// What the fallback holds for `key`, carrying a session served through the primary on from its
-    /// last known state when the fallback has no copy yet (never over a tombstone: the copy is only
-    /// created where nothing is).
-    async fn fallback_copy(&self, key: &StoreKey) -> Result<Copy, StoreError> {
-        let fallback = &self.inner.fallback;
-        for _ in 0..ATTEMPTS {
-            match fallback.load(key).await? {
-                Some(l) if l.record.tombstone => return Ok(Copy::Tomb),
-                Some(l) => return Ok(Copy::Live(l)),
-                None => {}
-            }
-            let known = self.recent().get(key);
-            let Some(record) = known.filter(|r| !r.is_expired(self.now())) else {
-                return Ok(Copy::Absent);
-            };
-            if fallback.create(key, &record).await? == Created::Created {
-                tracing::debug!(store_key = %key, "session carried on from its last known state");
-            }
-        }
-        Err(StoreError::Conflict)
-    }
-
-    /// Writes a tombstone for `key` into the fallback (the session was deleted during an outage);
-    /// answers whether a live copy was there.
-    async fn bury(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let fallback = &self.inner.fallback;
-        let now = self.now();
-        for _ in 0..ATTEMPTS {
-            match fallback.load(key).await? {
-                Some(l) if l.record.tombstone => return Ok(false),
-                Some(l) => {
-                    let until = l.record.expires.max(now.plus(self.inner.tombstone_ttl));
-                    let tomb = outage::tombstone(now, until);
-                    if fallback.replace(key, &l.version, Some(&tomb)).await? == Replaced::Replaced {
-                        return Ok(true);
-                    }
-                }
-                None => {
-                    let tomb = outage::tombstone(now, now.plus(self.inner.tombstone_ttl));
-                    if fallback.create(key, &tomb).await? == Created::Created {
-                        return Ok(false);
-                    }
-                }
-            }
-        }
-        Err(StoreError::Conflict)
-    }
-
-    /// Remembers, durably in the fallback and in memory, that `user`'s sessions were revoked: the
-    /// ones the primary holds are revoked there at failback.
-    async fn remember_revoked(&self, user: &str, revoked: Revoked) -> Result<(), StoreError> {
-        self.revoked_users()
-            .insert(user.to_owned(), revoked.clone());
-        let fallback = &self.inner.fallback;
-        let key = outage::marker_key(user);
-        let marker = outage::marker(user, &revoked, self.now().plus(self.inner.tombstone_ttl));
-        for _ in 0..ATTEMPTS {
-            let written = match fallback.load(&key).await? {
-                Some(l) => fallback.replace(&key, &l.version, Some(&marker)).await?,
-                None => match fallback.create(&key, &marker).await? {
-                    Created::Created => Replaced::Replaced,
-                    _ => Replaced::Changed,
-                },
-            };
-            if written == Replaced::Replaced {
-                return Ok(());
-            }
-        }
-        Err(StoreError::Conflict)
-    }
-
-    /// The fallback's answer for a session deleted on the primary: its outage copy must not come back.
-    /// A fallback that cannot be reached at all holds nothing the migration could move now.
-    async fn drop_fallback_copy(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        match self.inner.fallback.delete(key).await {
-            Ok(found) => Ok(found),
-            Err(e) if e.is_unavailable() && !self.migrating() => {
-                tracing::warn!(error = %e, "fallback store unreachable while deleting a session");
-                Ok(false)
-            }
-            Err(e) => Err(e),
         }
     }
 }
