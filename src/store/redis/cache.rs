@@ -583,7 +583,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cancelled_fetches_leak_pending_entries() {
+    async fn cancelled_fetches_leave_no_pending_entries() {
         use std::future::Future;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -621,6 +621,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(ready, "tracking connection never opened");
+        // A fetch that is still waiting on Redis when dropped is a client that went away
+        // mid-request. On a loaded machine the tracking link can be dropped (a missed PING) and a
+        // fetch then answers at once, uncached; those are not cancellations, so count the ones
+        // that were.
+        let mut cancelled = 0;
         for i in 0..1000 {
             let key = format!("k{i}");
             let fut = c.fetch(&key, false);
@@ -629,9 +634,9 @@ mod tests {
                 std::task::Poll::Ready(fut.as_mut().poll(cx).is_pending())
             })
             .await;
-            assert!(pending);
-            // dropped here: a client that went away mid-request
+            cancelled += usize::from(pending);
         }
+        assert!(cancelled >= 100, "only {cancelled} of 1000 fetches were cancelled mid-flight");
         let n = c.state().pending.len();
         assert_eq!(n, 0, "pending map leaks one entry per cancelled load");
     }
