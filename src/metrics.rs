@@ -188,7 +188,8 @@ pub(crate) fn backend_up(backend: &'static str, up: bool) {
     let _ = (backend, up);
 }
 
-/// Sets the session-count gauge.
+/// Sets the session-count gauge (from the admin's count, feature `axum`).
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
 pub(crate) fn sessions(n: u64) {
     #[cfg(feature = "metrics")]
     metrics::gauge!(SESSIONS).set(n as f64);

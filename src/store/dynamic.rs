@@ -53,15 +53,22 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         user: &'a str,
         keep: Option<&'a StoreKey>,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
+    // The management calls below serve the admin router (feature `axum`).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn count(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn list<'a>(
         &'a self,
         cursor: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Result<Page, StoreError>>;
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn cleanup(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn usage(&self) -> BoxFuture<'_, Result<Usage, StoreError>>;
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn health(&self) -> BoxFuture<'_, Health>;
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn info(&self) -> BoxFuture<'_, Result<Option<Map<String, Value>>, StoreError>>;
 }
 
