@@ -16,7 +16,9 @@
 //!
 //! Versions: a script reads the version of the stored value by the same rule as the Rust side
 //! ([`VersionRule`](crate::store::VersionRule)): the integer after a prefix (the native format's
-//! `{"lastAccess":`), or the value's SHA-1 when the prefix is empty or absent.
+//! `{"lastAccess":`), or the value's SHA-1 when the prefix is empty or absent. The save script reads
+//! only the value's first 64 bytes (`GETRANGE`) to learn it, so a write costs Redis the same whatever
+//! the session holds; the whole value is read only to answer a conflict, check a user or a replay.
 
 use redis::Script;
 use std::sync::OnceLock;
@@ -29,6 +31,15 @@ local function version_of(cur, prefix)
     if v and #v <= 20 then return v end
   end
   return redis.sha1hex(cur)
+end
+-- The version from the first bytes of a stored value (what GETRANGE 0 63 answered), or nil when they
+-- cannot tell (no prefix, or the integer may go on past them): then ask version_of of the whole value.
+local function head_version(head, prefix)
+  if prefix ~= '' and string.sub(head, 1, #prefix) == prefix then
+    local v = string.match(head, '^%d+', #prefix + 1)
+    if v and #v <= 20 and #prefix + #v < #head then return v end
+  end
+  return nil
 end
 local function stored_user(raw)
   local ok, rec = pcall(cjson.decode, raw)
@@ -80,22 +91,28 @@ if indexed and ARGV[6] ~= '' then oldk = KEYS[i]; i = i + 1 end
 if indexed and ARGV[7] ~= '' then
   if ARGV[7] == ARGV[6] then newk = oldk else newk = KEYS[i] end
 end
-local cur = redis.pcall('GET', KEYS[1])
-if (type(cur) == 'table' and cur.err) or not cur then
+-- The first bytes tell the version: the whole value (kilobytes, maybe) is read only when it is needed.
+local head = redis.pcall('GETRANGE', KEYS[1], 0, 63)
+if type(head) ~= 'string' or (head == '' and redis.call('EXISTS', KEYS[1]) == 0) then
   if indexed then
     redis.call('ZREM', KEYS[2], ARGV[5])
     if oldk then redis.call('ZREM', oldk, ARGV[5]) end
   end
   return {0}
 end
-if ARGV[13] == '1' and cur == ARGV[2] then
+local cur
+local function whole()
+  if not cur then cur = redis.call('GET', KEYS[1]) end
+  return cur
+end
+if ARGV[13] == '1' and whole() == ARGV[2] then
   return {4}
 end
-if version_of(cur, ARGV[11]) ~= ARGV[1] then
-  return {2, cur}
+if (head_version(head, ARGV[11]) or version_of(whole(), ARGV[11])) ~= ARGV[1] then
+  return {2, whole()}
 end
 if ARGV[8] == '1' then
-  local su = stored_user(cur)
+  local su = stored_user(whole())
   if su ~= ARGV[6] then return {3, su} end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
