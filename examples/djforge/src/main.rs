@@ -32,6 +32,20 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     shutdown.listen_for_os_signals();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     sessionforge::metrics::describe();
+    // The exporter keeps every histogram sample until it is drained: at a scrape, or here. Without
+    // this, a process nobody scrapes grows by every store call's timing.
+    let upkeep = metrics.clone();
+    let stop = shutdown.signal();
+    shutdown.register(tokio::spawn(async move {
+        tokio::pin!(stop);
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = every.tick() => upkeep.run_upkeep(),
+                () = &mut stop => break,
+            }
+        }
+    }));
 
     let app = djforge::build(&settings, &shutdown, Some(metrics)).await?;
     println!(
