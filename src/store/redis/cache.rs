@@ -636,7 +636,10 @@ mod tests {
             .await;
             cancelled += usize::from(pending);
         }
-        assert!(cancelled >= 100, "only {cancelled} of 1000 fetches were cancelled mid-flight");
+        assert!(
+            cancelled >= 100,
+            "only {cancelled} of 1000 fetches were cancelled mid-flight"
+        );
         let n = c.state().pending.len();
         assert_eq!(n, 0, "pending map leaks one entry per cancelled load");
     }
