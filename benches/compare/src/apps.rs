@@ -62,6 +62,7 @@ fn valid_pref_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+#[allow(clippy::result_large_err)] // an axum Response, answered at once
 /// The body of `PUT /api/prefs/{key}`, and the key, checked as DJForge does.
 fn pref(key: &str, body: &[u8]) -> Result<Value, Response> {
     if !valid_pref_key(key) {

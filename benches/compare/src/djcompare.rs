@@ -310,7 +310,7 @@ fn command_detail(redis: &RedisServer, requests: u64) -> (f64, String) {
             Some((name.to_owned(), calls, per))
         })
         .collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     let r = requests.max(1) as f64;
     let total: u64 = rows.iter().map(|x| x.1).sum();
     let detail = rows
@@ -343,7 +343,7 @@ struct Cell {
 }
 
 fn size_name(size: usize) -> String {
-    if size >= 1024 && size % 1024 == 0 {
+    if size >= 1024 && size.is_multiple_of(1024) {
         format!("{} KB", size / 1024)
     } else {
         format!("{size} B")

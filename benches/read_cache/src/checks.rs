@@ -169,8 +169,16 @@ async fn set_and_del(kind: usize) -> (String, Seen, Seen, u64) {
     let mut p = Probe::new(kind, &server.url()).await;
     let mut w = direct(&server.url()).await;
     let (mut set, mut del) = (
-        Seen { immediate: 0, max_delay: None, never: 0 },
-        Seen { immediate: 0, max_delay: None, never: 0 },
+        Seen {
+            immediate: 0,
+            max_delay: None,
+            never: 0,
+        },
+        Seen {
+            immediate: 0,
+            max_delay: None,
+            never: 0,
+        },
     );
     let hits0 = p.hits();
     let v0 = base_version();
@@ -353,7 +361,8 @@ async fn watch(p: &mut Probe, key: &StoreKey, old: &str, new: &str, secs: f64) -
             Ok(Ok(v)) if v == new => out.fresh += 1,
             Ok(Ok(v)) => {
                 out.errors += 1;
-                out.first_error.get_or_insert(format!("unexpected version {v}"));
+                out.first_error
+                    .get_or_insert(format!("unexpected version {v}"));
             }
             Ok(Err(e)) => {
                 out.errors += 1;
@@ -382,7 +391,10 @@ async fn killed(kind: usize) -> Window {
     let clients = server.cli(&["CLIENT", "LIST"]);
     for id in clients
         .lines()
-        .filter(|l| l.split(' ').any(|f| f.starts_with("flags=") && f.contains('t')))
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.starts_with("flags=") && f.contains('t'))
+        })
         .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
     {
         server.cli(&["CLIENT", "KILL", "ID", id]);

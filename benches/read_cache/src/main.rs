@@ -213,7 +213,11 @@ fn median_spread(xs: &[f64], digits: usize) -> (f64, String) {
         (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
     };
     let text = if v.len() > 1 {
-        format!("{med:.digits$} ({:.digits$}..{:.digits$})", v[0], v[v.len() - 1])
+        format!(
+            "{med:.digits$} ({:.digits$}..{:.digits$})",
+            v[0],
+            v[v.len() - 1]
+        )
     } else {
         format!("{med:.digits$}")
     };
@@ -229,7 +233,7 @@ fn breakdown(runs: &[RunResult]) -> String {
         }
     }
     let mut parts: Vec<(&str, u64)> = total.into_iter().collect();
-    parts.sort_by(|a, b| b.1.cmp(&a.1));
+    parts.sort_by_key(|b| std::cmp::Reverse(b.1));
     parts
         .iter()
         .filter(|(_, v)| *v as f64 / ops.max(1) as f64 >= 0.001)
@@ -311,7 +315,10 @@ async fn bench(secs: f64, reps: usize, tasks: usize, sessions: usize) {
         if let Subject::Ours(store) = &s {
             let deadline = Instant::now() + Duration::from_secs(10);
             while store.read_cache_stats().is_none_or(|c| c.flushes == 0) {
-                assert!(Instant::now() < deadline, "tracking connection never opened");
+                assert!(
+                    Instant::now() < deadline,
+                    "tracking connection never opened"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -457,7 +464,10 @@ async fn bench(secs: f64, reps: usize, tasks: usize, sessions: usize) {
         }
         per.push(t0.elapsed().as_nanos() as f64 / n as f64);
     }
-    println!("| decode alone ({bytes}-byte record: JSON, version, expiry check) | {} |", median_spread(&per, 0).1);
+    println!(
+        "| decode alone ({bytes}-byte record: JSON, version, expiry check) | {} |",
+        median_spread(&per, 0).1
+    );
     println!();
     drop(subjects);
     drop(server);

@@ -13,8 +13,8 @@
 //! * **no cache** (reference): the `RedisStore` with `with_read_cache(0)`: one `GET` per load.
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::AsyncConnectionConfig;
 use redis::caching::CacheConfig;
+use redis::AsyncConnectionConfig;
 use sessionforge::expiry::{Clock, SystemClock};
 use sessionforge::format::SharedFormat;
 use sessionforge::id::StoreKey;
@@ -133,7 +133,10 @@ pub fn decode(format: &SharedFormat, raw: Option<&[u8]>) -> Option<Loaded> {
 #[derive(Clone)]
 pub enum Subject {
     Ours(RedisStore),
-    CacheAio { reads: AioReader, writes: RedisStore },
+    CacheAio {
+        reads: AioReader,
+        writes: RedisStore,
+    },
     NoCache(RedisStore),
 }
 
@@ -200,10 +203,7 @@ impl Subject {
 /// One request's change-set (`n` under `"seen"`) and its view of the record, as the layer builds
 /// them: the loaded record with the change applied and `last_access` moved on; the expiry kept (no
 /// refresh due, the common case).
-pub fn change(
-    loaded: &Loaded,
-    n: u64,
-) -> (ChangeSet, Arc<sessionforge::store::Record>) {
+pub fn change(loaded: &Loaded, n: u64) -> (ChangeSet, Arc<sessionforge::store::Record>) {
     let mut changes = ChangeSet::default();
     changes
         .entries
