@@ -1,5 +1,6 @@
 //! Runs N requests through the layer in process (memory store, no HTTP; with `PER_REQUEST_REDIS=<url>`
-//! a Redis store, and `PER_REQUEST_CACHE=1` its read cache), for counting the allocations and
+//! a Redis store, and `PER_REQUEST_CACHE=1` its read cache; with `PER_REQUEST_FAILOVER=1` that store
+//! behind a failover store with files as the fallback), for counting the allocations and
 //! instructions a request costs under valgrind:
 //!
 //! ```text
@@ -53,6 +54,24 @@ where
     }
 }
 
+/// The layer over `store`, or over a failover store in front of it when `PER_REQUEST_FAILOVER` is set.
+async fn with_failover<S: sessionforge::store::SessionStore>(
+    store: S,
+    dir: &std::path::Path,
+    shutdown: &sessionforge::shutdown::Shutdown,
+) -> SessionLayer {
+    if std::env::var_os("PER_REQUEST_FAILOVER").is_none() {
+        return SessionLayer::new(store);
+    }
+    let files = sessionforge::store::FileStore::new(dir);
+    files.init().await.expect("file store directory");
+    SessionLayer::new(
+        sessionforge::store::FailoverStore::builder(store, files)
+            .start(shutdown)
+            .await,
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (kinds, n): (Vec<&str>, usize) = match args.as_slice() {
@@ -64,6 +83,8 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
+        let shutdown = sessionforge::shutdown::Shutdown::new();
+        let dir = tempfile::tempdir().expect("tempdir");
         let layer = match std::env::var("PER_REQUEST_REDIS") {
             Ok(url) => {
                 // The read cache is on by default now: off unless asked for, as before.
@@ -77,10 +98,11 @@ fn main() {
                     .with_read_cache(cache)
                     .build()
                     .expect("redis store");
-                SessionLayer::new(store).with_secure(false)
+                with_failover(store, dir.path(), &shutdown).await
             }
-            Err(_) => SessionLayer::new(MemoryStore::new()).with_secure(false),
-        };
+            Err(_) => with_failover(MemoryStore::new(), dir.path(), &shutdown).await,
+        }
+        .with_secure(false);
         let res = layer
             .layer(tower::service_fn(write))
             .oneshot(Request::new(Body::new()))

@@ -403,8 +403,10 @@ impl<P: SessionStore, F: SessionStore> SessionStore for FailoverStore<P, F> {
                     }
                 }
                 Some(Some(l)) => {
-                    self.recent().put(key, Arc::clone(&l.record));
-                    return Ok(Some(Loaded::new(l.record, tag(FROM_PRIMARY, &l.version))));
+                    let version = tag(FROM_PRIMARY, &l.version);
+                    self.recent()
+                        .put_version(key, Arc::clone(&l.record), Some(l.version));
+                    return Ok(Some(Loaded::new(l.record, version)));
                 }
                 Some(None) => {
                     // Gone from the primary (expired, deleted elsewhere): not to be carried on.
@@ -496,7 +498,7 @@ impl<P: SessionStore, F: SessionStore> SessionStore for FailoverStore<P, F> {
             let res = self.inner.primary.save(key, &v, ours, changes).await;
             match self.answered(res)? {
                 Some(Saved::Saved) => {
-                    self.recent().apply(key, changes, ours);
+                    self.recent().apply(key, &v, changes, ours);
                     return Ok(Saved::Saved);
                 }
                 Some(other) => {
@@ -551,14 +553,14 @@ impl<P: SessionStore, F: SessionStore> SessionStore for FailoverStore<P, F> {
                 let mut recent = self.recent();
                 // The old key is over either way (moved, or gone): a request still holding it must
                 // not carry it on into the fallback.
-                let prior = recent.get(old);
+                let prior = recent.get_version(old);
                 recent.ended(old);
                 if renewed == Renewed::Renewed {
                     // What the primary did: the changes applied to what it held.
-                    if let Some(prior) = prior {
-                        recent.put(new, prior);
+                    if let Some((prior, version)) = prior {
+                        recent.put_version(new, prior, version);
                     }
-                    recent.apply(new, changes, ours);
+                    recent.apply(new, &v, changes, ours);
                 }
                 return Ok(renewed);
             }

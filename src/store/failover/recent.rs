@@ -6,7 +6,7 @@
 
 use crate::expiry::Timestamp;
 use crate::id::StoreKey;
-use crate::store::{ChangeSet, Record};
+use crate::store::{ChangeSet, Record, Version};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -17,7 +17,8 @@ const ENDED: usize = 10_000;
 pub(super) struct Recent {
     capacity: usize,
     tick: u64,
-    map: HashMap<StoreKey, (Arc<Record>, u64)>,
+    /// Each key's last known state, the primary's version of it when known (a load), and its tick.
+    map: HashMap<StoreKey, (Arc<Record>, Option<Version>, u64)>,
     order: VecDeque<(StoreKey, u64)>,
     /// Sessions deleted through this store, oldest first.
     ended: HashSet<StoreKey>,
@@ -82,27 +83,47 @@ impl Recent {
     }
 
     pub(super) fn put(&mut self, key: &StoreKey, record: Arc<Record>) {
+        self.put_version(key, record, None);
+    }
+
+    /// As [`Recent::put`], for a state the primary answered at `version` (a load).
+    pub(super) fn put_version(
+        &mut self,
+        key: &StoreKey,
+        record: Arc<Record>,
+        version: Option<Version>,
+    ) {
         if self.capacity == 0 {
             return;
         }
         self.tick += 1;
-        self.map.insert(*key, (record, self.tick));
+        self.map.insert(*key, (record, version, self.tick));
         self.order.push_back((*key, self.tick));
         while self.map.len() > self.capacity || self.order.len() > 2 * self.capacity.max(8) {
             let Some((k, t)) = self.order.pop_front() else {
                 break;
             };
             // Only the newest mention of a key evicts it; older ones are stale order entries.
-            if self.map.get(&k).is_some_and(|(_, newest)| *newest == t) {
+            if self.map.get(&k).is_some_and(|(_, _, newest)| *newest == t) {
                 self.map.remove(&k);
             }
         }
     }
 
-    /// Applies a saved change-set the way the primary did: to the state it holds.
-    pub(super) fn apply(&mut self, key: &StoreKey, changes: &ChangeSet, ours: &Arc<Record>) {
+    /// Applies a saved change-set the way the primary did: to the state it holds. When that state is
+    /// the one the request loaded (`base`, the primary's version it saved against), the primary
+    /// stored `ours` as it is, and so does this, without a merge.
+    pub(super) fn apply(
+        &mut self,
+        key: &StoreKey,
+        base: &Version,
+        changes: &ChangeSet,
+        ours: &Arc<Record>,
+    ) {
         let merged = match self.map.get(key) {
-            Some((current, _)) if !Arc::ptr_eq(current, ours) => {
+            Some((current, version, _))
+                if !Arc::ptr_eq(current, ours) && version.as_ref() != Some(base) =>
+            {
                 let mut r = Record::clone(current);
                 r.merge(changes, ours);
                 Arc::new(r)
@@ -113,17 +134,24 @@ impl Recent {
     }
 
     pub(super) fn get(&self, key: &StoreKey) -> Option<Arc<Record>> {
-        self.map.get(key).map(|(r, _)| Arc::clone(r))
+        self.map.get(key).map(|(r, _, _)| Arc::clone(r))
+    }
+
+    /// The state and the primary's version of it, when known.
+    pub(super) fn get_version(&self, key: &StoreKey) -> Option<(Arc<Record>, Option<Version>)> {
+        self.map
+            .get(key)
+            .map(|(r, v, _)| (Arc::clone(r), v.clone()))
     }
 
     pub(super) fn remove(&mut self, key: &StoreKey) -> Option<Arc<Record>> {
-        self.map.remove(key).map(|(r, _)| r)
+        self.map.remove(key).map(|(r, _, _)| r)
     }
 
     /// Forgets the user's sessions (revoked), except `keep`.
     fn remove_user(&mut self, user: &str, keep: Option<&StoreKey>) {
         self.map
-            .retain(|k, (r, _)| r.user.as_deref() != Some(user) || Some(k) == keep);
+            .retain(|k, (r, _, _)| r.user.as_deref() != Some(user) || Some(k) == keep);
     }
 
     /// Forgets the sessions' states (not which ended).
@@ -166,12 +194,21 @@ mod tests {
         recent.put(&k, rec(1));
         let mut changes = ChangeSet::default();
         changes.entries.insert("x".into(), Some(7.into()));
-        recent.apply(&k, &changes, &rec(5));
+        recent.apply(&k, &Version::new("9"), &changes, &rec(5));
         let r = recent.get(&k).unwrap();
         assert_eq!(
             (r.data["v"].clone(), r.data["x"].clone()),
             (1.into(), 7.into())
         );
+        // Saved against the version this instance loaded: the primary stored the request's record.
+        recent.put_version(&k, rec(1), Some(Version::new("9")));
+        let ours = rec(5);
+        recent.apply(&k, &Version::new("9"), &changes, &ours);
+        assert!(Arc::ptr_eq(&recent.get(&k).unwrap(), &ours));
+        // Against another version: merged into what is known.
+        recent.put_version(&k, rec(1), Some(Version::new("10")));
+        recent.apply(&k, &Version::new("9"), &changes, &ours);
+        assert_eq!(recent.get(&k).unwrap().data["v"], 1);
         let mut off = Recent::new(0);
         off.put(&k, rec(1));
         assert!(off.get(&k).is_none());
