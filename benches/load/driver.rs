@@ -85,6 +85,28 @@ impl Stats {
     }
 }
 
+/// An HTTP/1.1 connection to `addr` (`TCP_NODELAY`), its connection task spawned: what every
+/// benchmark client sends its requests on.
+pub async fn http1<B>(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 /// One client: a connection and a cookie jar (the session cookie it was last given).
 struct Client {
     addr: SocketAddr,
@@ -94,18 +116,7 @@ struct Client {
 
 impl Client {
     async fn connect(&mut self) -> Result<(), String> {
-        let stream = TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        self.sender = Some(sender);
+        self.sender = Some(http1(self.addr).await?);
         Ok(())
     }
 
@@ -214,34 +225,12 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+pub use crate::median::median_spread;
+
 /// Repetition by repetition, `ours[i] / theirs[i]`: the median and spread of the ratios of runs made
 /// seconds apart. On a noisy machine this pairs each run with its neighbour, so a slow minute slows
 /// both sides of a ratio instead of one of two medians.
 pub fn paired_ratio(ours: &[f64], theirs: &[f64]) -> (f64, String) {
     let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
     median_spread(&ratios, 2)
-}
-
-/// The median of `xs` and the spread (min..max), as text.
-pub fn median_spread(xs: &[f64], digits: usize) -> (f64, String) {
-    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return (f64::NAN, "-".into());
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let med = if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
-    let spread = if v.len() > 1 {
-        format!(
-            "{med:.digits$} ({:.digits$}..{:.digits$})",
-            v[0],
-            v[v.len() - 1]
-        )
-    } else {
-        format!("{med:.digits$}")
-    };
-    (med, spread)
 }

@@ -16,6 +16,7 @@ mod support;
 
 mod cpu;
 mod driver;
+mod median;
 mod probe;
 mod sf_app;
 

@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 
 /// One request may take this long before it counts as an error (and the connection is opened again):
@@ -75,18 +74,7 @@ struct Client {
 
 impl Client {
     async fn connect(&mut self) -> Result<(), String> {
-        let stream = TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        self.sender = Some(sender);
+        self.sender = Some(crate::driver::http1(self.addr).await?);
         Ok(())
     }
 

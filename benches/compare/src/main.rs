@@ -21,6 +21,8 @@ mod support;
 mod cpu;
 #[path = "../../load/driver.rs"]
 mod driver;
+#[path = "../../load/median.rs"]
+mod median;
 #[path = "../../load/probe.rs"]
 mod probe;
 #[path = "../../load/sf_app.rs"]

@@ -14,10 +14,13 @@
 mod support;
 
 mod checks;
+#[path = "../../load/median.rs"]
+mod median;
 mod probe;
 mod proxy;
 mod subjects;
 
+use median::median_spread;
 use probe::Snapshot;
 use sessionforge::expiry::{Clock, SystemClock};
 use sessionforge::id::{StoreKey, Token};
@@ -198,30 +201,6 @@ async fn run(
     result.hits = hits1 - hits0;
     result.misses = misses1 - misses0;
     result
-}
-
-/// The median and the spread (min..max).
-fn median_spread(xs: &[f64], digits: usize) -> (f64, String) {
-    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return (f64::NAN, "-".into());
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let med = if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
-    let text = if v.len() > 1 {
-        format!(
-            "{med:.digits$} ({:.digits$}..{:.digits$})",
-            v[0],
-            v[v.len() - 1]
-        )
-    } else {
-        format!("{med:.digits$}")
-    };
-    (med, text)
 }
 
 fn breakdown(runs: &[RunResult]) -> String {
