@@ -431,3 +431,39 @@ async fn a_session_moved_back_at_failback_carries_on_through_the_next_outage_unt
     // Its state as moved is known: the client carries on instead of starting fresh.
     assert_eq!(b.post("/incr", "").await.body, "3");
 }
+
+#[tokio::test]
+async fn health_is_degraded_while_failback_cannot_read_the_fallback() {
+    let primary = Recording::new(MemoryStore::new());
+    primary.fail.store(true, Ordering::SeqCst);
+    let fallback = Recording::new(MemoryStore::new());
+    let shutdown = Shutdown::new();
+    let store = FailoverStore::builder(primary.clone(), fallback.clone())
+        .with_check_interval(Duration::from_secs(3600))
+        .start(&shutdown)
+        .await;
+    let app = apps::counter().layer(SessionLayer::new(store.clone()));
+    let mut b = Browser::new(serve(app).await);
+    assert_eq!(b.post("/incr", "").await.body, "1");
+    assert!(store.is_on_fallback());
+    // Redis is back, but the fallback's sessions cannot be read: they cannot move yet.
+    fallback.fail_loads.store(true, Ordering::SeqCst);
+    primary.fail.store(false, Ordering::SeqCst);
+    store.check_now().await;
+    let h = store.health().await;
+    assert_eq!(h.status, HealthStatus::Degraded, "{h:?}");
+    assert!(
+        h.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("cannot be read")),
+        "{h:?}"
+    );
+    assert!(!store.is_on_fallback());
+    // Readable again: the next check finishes the failback and health is ok.
+    fallback.fail_loads.store(false, Ordering::SeqCst);
+    store.check_now().await;
+    assert_eq!(b.post("/incr", "").await.body, "2");
+    let h = store.health().await;
+    assert_eq!(h.status, HealthStatus::Ok, "{h:?}");
+    assert_eq!(primary.inner.count().await.unwrap(), 1);
+}

@@ -29,6 +29,9 @@ pub struct Recording<S> {
     pub inner: S,
     pub calls: Arc<Mutex<Vec<Call>>>,
     pub fail: Arc<AtomicBool>,
+    /// Only loads fail (a listing still works), and health says so: a directory whose files cannot
+    /// be read.
+    pub fail_loads: Arc<AtomicBool>,
 }
 
 impl<S> Recording<S> {
@@ -37,6 +40,7 @@ impl<S> Recording<S> {
             inner,
             calls: Default::default(),
             fail: Default::default(),
+            fail_loads: Default::default(),
         }
     }
 
@@ -63,6 +67,12 @@ impl<S: SessionStore> SessionStore for Recording<S> {
     }
     async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
         self.log(Call::Load(*key))?;
+        if self.fail_loads.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable {
+                backend: "recording",
+                source: "injected read failure".into(),
+            });
+        }
         self.inner.load(key).await
     }
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
@@ -109,6 +119,9 @@ impl<S: SessionStore> SessionStore for Recording<S> {
         self.inner.cleanup().await
     }
     async fn health(&self) -> Health {
+        if self.fail_loads.load(Ordering::SeqCst) {
+            return Health::ok(self.inner.name()).degraded("injected read failure");
+        }
         if self.fail.load(Ordering::SeqCst) {
             Health::ok(self.inner.name())
                 .unavailable("injected outage")
