@@ -8,22 +8,25 @@ use sessionforge::expiry::ManualClock;
 use sessionforge::shutdown::Shutdown;
 use sessionforge::store::conformance::Conformance;
 use sessionforge::store::redis::RedisConfig;
-use sessionforge::store::{FailoverStore, FileStore, MemoryStore};
+use sessionforge::store::{FailoverStore, FileStore, MemoryStore, SessionStore};
 use std::time::Duration;
 use support::RedisServer;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_memory_store_conforms() {
-    let clock = ManualClock::starting_now();
-    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+/// The kit with every optional capability a built-in store claims (the user index, listing and
+/// cleanup), on the store's clock; tombstones are added where the store keeps them.
+fn every_capability<S: SessionStore>(store: S, clock: ManualClock) -> Conformance<S> {
     Conformance::new(store)
         .with_clock(clock)
         .with_user_index()
         .with_listing()
         .with_cleanup()
-        .with_tombstones()
-        .run()
-        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_conforms() {
+    let clock = ManualClock::starting_now();
+    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    every_capability(store, clock).with_tombstones().run().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,14 +36,7 @@ async fn the_file_store_conforms() {
     let store = FileStore::builder(dir.path())
         .with_clock(clock.clone())
         .build();
-    Conformance::new(store)
-        .with_clock(clock)
-        .with_user_index()
-        .with_listing()
-        .with_cleanup()
-        .with_tombstones()
-        .run()
-        .await;
+    every_capability(store, clock).with_tombstones().run().await;
 }
 
 fn redis(
@@ -61,11 +57,7 @@ fn redis(
 async fn the_redis_store_conforms_with_its_read_cache() {
     let server = RedisServer::start();
     let clock = ManualClock::starting_now();
-    Conformance::new(redis(&server, &clock, 10_000))
-        .with_clock(clock)
-        .with_user_index()
-        .with_listing()
-        .with_cleanup()
+    every_capability(redis(&server, &clock, 10_000), clock)
         .with_tombstones()
         .run()
         .await;
@@ -75,11 +67,7 @@ async fn the_redis_store_conforms_with_its_read_cache() {
 async fn the_redis_store_conforms_without_a_read_cache() {
     let server = RedisServer::start();
     let clock = ManualClock::starting_now();
-    Conformance::new(redis(&server, &clock, 0))
-        .with_clock(clock)
-        .with_user_index()
-        .with_listing()
-        .with_cleanup()
+    every_capability(redis(&server, &clock, 0), clock)
         .with_tombstones()
         .run()
         .await;
@@ -90,11 +78,7 @@ async fn the_redis_store_conforms_under_an_allkeys_eviction_policy() {
     // The index is not trusted then: counts, listings and user lookups scan.
     let server = RedisServer::with_args(&["--maxmemory-policy", "allkeys-lru"]);
     let clock = ManualClock::starting_now();
-    Conformance::new(redis(&server, &clock, 0))
-        .with_clock(clock)
-        .with_user_index()
-        .with_listing()
-        .with_cleanup()
+    every_capability(redis(&server, &clock, 0), clock)
         .with_tombstones()
         .run()
         .await;
@@ -116,25 +100,13 @@ async fn the_failover_store_conforms_on_its_primary_and_on_its_fallback() {
     .start(&shutdown)
     .await;
     assert!(!store.is_on_fallback());
-    Conformance::new(store.clone())
-        .with_clock(clock.clone())
-        .with_user_index()
-        .with_listing()
-        .with_cleanup()
-        .run()
-        .await;
+    every_capability(store.clone(), clock.clone()).run().await;
     // Down: the same contract from the files.
     let mut server = server;
     server.kill();
     store.check_now().await;
     assert!(store.is_on_fallback());
-    Conformance::new(store)
-        .with_clock(clock)
-        .with_user_index()
-        .with_listing()
-        .with_cleanup()
-        .run()
-        .await;
+    every_capability(store, clock).run().await;
 }
 
 fn express() -> sessionforge::format::SharedFormat {
@@ -154,14 +126,7 @@ async fn the_redis_store_conforms_in_the_express_format() {
         .with_format(express())
         .build()
         .unwrap();
-    Conformance::new(store)
-        .with_clock(clock)
-        .with_user_index()
-        .with_listing()
-        .with_cleanup()
-        .with_tombstones()
-        .run()
-        .await;
+    every_capability(store, clock).with_tombstones().run().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,12 +137,5 @@ async fn the_file_store_conforms_in_the_express_format() {
         .with_clock(clock.clone())
         .with_format(express())
         .build();
-    Conformance::new(store)
-        .with_clock(clock)
-        .with_user_index()
-        .with_listing()
-        .with_cleanup()
-        .with_tombstones()
-        .run()
-        .await;
+    every_capability(store, clock).with_tombstones().run().await;
 }
