@@ -25,20 +25,22 @@ use std::sync::OnceLock;
 
 /// Shared functions: the version of a stored value, and the user it belongs to.
 const COMMON: &str = r"
-local function version_of(cur, prefix)
-  if prefix ~= '' and string.sub(cur, 1, #prefix) == prefix then
-    local v = string.match(cur, '^%d+', #prefix + 1)
+-- The integer after `prefix` at the start of `s`, or nil.
+local function leading_integer(s, prefix)
+  if prefix ~= '' and string.sub(s, 1, #prefix) == prefix then
+    local v = string.match(s, '^%d+', #prefix + 1)
     if v and #v <= 20 then return v end
   end
-  return redis.sha1hex(cur)
+  return nil
+end
+local function version_of(cur, prefix)
+  return leading_integer(cur, prefix) or redis.sha1hex(cur)
 end
 -- The version from the first bytes of a stored value (what GETRANGE 0 63 answered), or nil when they
 -- cannot tell (no prefix, or the integer may go on past them): then ask version_of of the whole value.
 local function head_version(head, prefix)
-  if prefix ~= '' and string.sub(head, 1, #prefix) == prefix then
-    local v = string.match(head, '^%d+', #prefix + 1)
-    if v and #v <= 20 and #prefix + #v < #head then return v end
-  end
+  local v = leading_integer(head, prefix)
+  if v and #prefix + #v < #head then return v end
   return nil
 end
 local function stored_user(raw)
