@@ -6,6 +6,8 @@
 //! Run with `cargo test --all-features --test races -- --test-threads=1` (they also pass in
 //! parallel).
 
+#[path = "support/chaos.rs"]
+mod chaos;
 #[path = "support/http.rs"]
 mod http_support;
 #[path = "support/recording.rs"]
@@ -14,6 +16,7 @@ mod support;
 
 use axum::routing::post;
 use axum::Router;
+use chaos::Chaos;
 use http_support::{serve, Browser};
 use recording::Recording;
 use serde_json::json;
@@ -566,58 +569,14 @@ async fn read_cache_caches_a_value_older_than_its_own_save() {
     assert_eq!(later.record.data["v"], json!(2));
 }
 
-/// A proxy that forwards both ways until `hole` is set, then silently stops forwarding (sockets stay
-/// open): a partition or a dead NAT entry, with no FIN or RST.
-async fn blackholing_proxy(upstream: u16, hole: Arc<AtomicBool>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (client, _) = listener.accept().await.unwrap();
-            let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
-                .await
-                .unwrap();
-            let (mut cr, mut cw) = client.into_split();
-            let (mut sr, mut sw) = server.into_split();
-            let h1 = hole.clone();
-            let h2 = hole.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n) = cr.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    if !h1.load(Ordering::SeqCst) {
-                        let _ = sw.write_all(&buf[..n]).await;
-                    }
-                }
-                std::future::pending::<()>().await;
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n) = sr.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    if !h2.load(Ordering::SeqCst) {
-                        let _ = cw.write_all(&buf[..n]).await;
-                    }
-                }
-                std::future::pending::<()>().await;
-            });
-        }
-    });
-    port
-}
-
 /// Instance A caches a session; its path to Redis goes silent; instance B deletes the session. A's
 /// tracking connection is checked every second, so its loss empties the cache and A stops serving the
 /// deleted session (its loads then wait for the silent Redis and fail, which is what a partition is).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_cache_serves_a_deleted_session_after_a_silent_partition() {
     let server = support::RedisServer::start();
-    let hole = Arc::new(AtomicBool::new(false));
-    let port = blackholing_proxy(server.port(), hole.clone()).await;
+    let partition = Chaos::default();
+    let port = chaos::proxy(server.port(), partition.clone()).await;
     let a = RedisConfig::new(format!("redis://127.0.0.1:{port}"))
         .unwrap()
         .with_prefix("t:")
@@ -639,7 +598,7 @@ async fn read_cache_serves_a_deleted_session_after_a_silent_partition() {
         a.read_cache_stats().unwrap().hits >= 1,
         "the session was cached"
     );
-    hole.store(true, Ordering::SeqCst);
+    partition.fall_silent(true);
     assert!(b.delete(&k).await.unwrap(), "B logs the session out");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stale = a.load(&k).await;

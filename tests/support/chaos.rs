@@ -1,6 +1,7 @@
 //! A TCP proxy in front of a `redis-server` that misbehaves on demand: it drops a share of Redis's
 //! replies (closing the client's connection after Redis ran the command, so the client cannot know
-//! whether it did), or goes down (closes every connection and refuses new ones until it is up again).
+//! whether it did), goes down (closes every connection and refuses new ones until it is up again), or
+//! falls silent (a partition: connections stay open and nothing gets through, no FIN, no RST).
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -13,6 +14,8 @@ pub struct Chaos {
     /// Replies dropped per million.
     drop_per_million: Arc<AtomicU32>,
     down: Arc<AtomicBool>,
+    /// Bytes are read and dropped both ways, connections left open.
+    silent: Arc<AtomicBool>,
     /// Bumped when the proxy goes down: connections of an older generation close.
     generation: Arc<AtomicU64>,
     /// Replies dropped so far.
@@ -35,6 +38,11 @@ impl Chaos {
     /// Accepts connections again.
     pub fn come_up(&self) {
         self.down.store(false, Ordering::SeqCst);
+    }
+
+    /// Lets nothing through either way while `on`, with every connection left open.
+    pub fn fall_silent(&self, on: bool) {
+        self.silent.store(on, Ordering::SeqCst);
     }
 
     pub fn is_down(&self) -> bool {
@@ -76,9 +84,13 @@ pub async fn proxy(upstream: u16, chaos: Chaos) -> u16 {
                             Ok(0) | Err(_) => return,
                             Ok(n) => n,
                         };
-                        if c2.generation.load(Ordering::SeqCst) != generation
-                            || sw.write_all(&buf[..n]).await.is_err()
-                        {
+                        if c2.generation.load(Ordering::SeqCst) != generation {
+                            return;
+                        }
+                        if c2.silent.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
                             return;
                         }
                     }
@@ -91,6 +103,9 @@ pub async fn proxy(upstream: u16, chaos: Chaos) -> u16 {
                     };
                     if chaos.generation.load(Ordering::SeqCst) != generation {
                         break;
+                    }
+                    if chaos.silent.load(Ordering::SeqCst) {
+                        continue;
                     }
                     if chaos.roll() {
                         // Redis ran it; the client never hears.
