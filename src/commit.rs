@@ -150,7 +150,22 @@ impl Session {
             for _ in 0..TOKEN_ATTEMPTS {
                 let token = config.format.generate();
                 let new_key = config.format.store_key(&token);
-                match store.renew(&key, &new_key, &version, record, changes).await {
+                let renewed = match store.renew(&key, &new_key, &version, record, changes).await {
+                    // A failure after the move may have landed (its answer lost on the way back):
+                    // the fresh key holds a session only if this renewal put it there, so a client
+                    // keeps the token that reaches its session, whichever that is.
+                    Err(e) if !matches!(e, StoreError::Conflict) => {
+                        match store.load(&new_key).await {
+                            Ok(Some(_)) => {
+                                tracing::warn!(error = %e, new = %new_key, "renewal answered an error but had moved the session");
+                                Ok(Renewed::Renewed)
+                            }
+                            _ => Err(e),
+                        }
+                    }
+                    other => other,
+                };
+                match renewed {
                     Ok(Renewed::Renewed) => {
                         event(Event::Renewed);
                         tracing::info!(old = %key, new = %new_key, "session id renewed");

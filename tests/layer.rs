@@ -16,8 +16,12 @@ use http_body_util::Full;
 use http_support::{raw, serve, Browser};
 use recording::{Call, Recording};
 use sessionforge::expiry::{Clock, ManualClock};
+use sessionforge::id::StoreKey;
 use sessionforge::id::Token;
-use sessionforge::store::{MemoryStore, SessionStore};
+use sessionforge::store::{
+    ChangeSet, Created, Loaded, MemoryStore, Record, Renewed, Replaced, SessionStore, StoreError,
+    Version,
+};
 use sessionforge::{Session, SessionError, SessionLayer, StoreErrorPolicy};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -323,6 +327,77 @@ async fn cycle_id_writes_the_new_key_before_deleting_the_old_one() {
     assert!(store.inner.load(&old_key).await.unwrap().is_none());
     let rec = store.inner.load(&new_key).await.unwrap().unwrap().record;
     assert_eq!(rec.user.as_deref(), Some("alice"));
+}
+
+/// A memory store whose renewals, while `lose` is set, move the session and then answer
+/// "unavailable": the answer lost on its way back, as over a dropped Redis connection.
+#[derive(Clone)]
+struct LostRenewals {
+    inner: MemoryStore,
+    lose: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SessionStore for LostRenewals {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn load(&self, key: &StoreKey) -> Result<Option<Loaded>, StoreError> {
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<Created, StoreError> {
+        self.inner.create(key, record).await
+    }
+    async fn replace(
+        &self,
+        key: &StoreKey,
+        expected: &Version,
+        record: Option<&Record>,
+    ) -> Result<Replaced, StoreError> {
+        self.inner.replace(key, expected, record).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn renew(
+        &self,
+        old: &StoreKey,
+        new: &StoreKey,
+        base: &Version,
+        ours: &std::sync::Arc<Record>,
+        changes: &ChangeSet,
+    ) -> Result<Renewed, StoreError> {
+        let moved = self.inner.renew(old, new, base, ours, changes).await?;
+        if self.lose.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable {
+                backend: "memory",
+                source: format!("the answer ({moved:?}) was lost").into(),
+            });
+        }
+        Ok(moved)
+    }
+}
+
+#[tokio::test]
+async fn a_renewal_whose_answer_was_lost_after_the_move_still_hands_out_the_new_token() {
+    let store = LostRenewals {
+        inner: MemoryStore::new(),
+        lose: Default::default(),
+    };
+    let mut b = start(SessionLayer::new(store.clone())).await;
+    b.post("/incr", "").await;
+    b.post("/incr", "").await;
+    let old = b.cookie.clone().unwrap();
+    // The session moved to the new key; only the answer went missing. The client must be given the
+    // token that reaches its session.
+    store.lose.store(true, Ordering::SeqCst);
+    let res = b.post("/login", "").await;
+    store.lose.store(false, Ordering::SeqCst);
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let new = b.cookie.clone().unwrap();
+    assert_ne!(old, new);
+    let old_key = Token::parse(&old).unwrap().store_key();
+    assert!(store.inner.load(&old_key).await.unwrap().is_none());
+    assert_eq!(b.get("/read").await.body, "2");
 }
 
 #[tokio::test]
