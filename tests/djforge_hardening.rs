@@ -55,6 +55,18 @@ async fn send(
     .await
 }
 
+/// `PUT path` with a JSON body.
+async fn put_json(addr: SocketAddr, path: &str, body: &str) -> Reply {
+    send(
+        addr,
+        Method::PUT,
+        path,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_mode_refuses_cross_site_rebinding_and_proxied_requests() {
     let redis = RedisServer::start();
@@ -297,44 +309,21 @@ async fn the_examples_errors_are_json_and_its_limits_count_characters() {
     };
     // A body over the 2 MB limit.
     let big = format!("\"{}\"", "x".repeat(3 * 1024 * 1024));
-    let r = send(
-        a,
-        Method::PUT,
-        "/api/prefs/theme",
-        &[("content-type", "application/json")],
-        &big,
-    )
-    .await;
+    let r = put_json(a, "/api/prefs/theme", &big).await;
     json_error(&r, StatusCode::PAYLOAD_TOO_LARGE);
     // A path that is not UTF-8 once decoded.
-    let r = send(
-        a,
-        Method::PUT,
-        "/api/prefs/%FF%FE",
-        &[("content-type", "application/json")],
-        "1",
-    )
-    .await;
+    let r = put_json(a, "/api/prefs/%FF%FE", "1").await;
     json_error(&r, StatusCode::BAD_REQUEST);
     // A session over the 64 KiB session limit.
-    let r = send(
+    let r = put_json(
         a,
-        Method::PUT,
         "/api/prefs/theme",
-        &[("content-type", "application/json")],
         &format!("\"{}\"", "x".repeat(100 * 1024)),
     )
     .await;
     json_error(&r, StatusCode::PAYLOAD_TOO_LARGE);
     // An integer JSON cannot keep exactly is refused, not rounded.
-    let r = send(
-        a,
-        Method::PUT,
-        "/api/prefs/n",
-        &[("content-type", "application/json")],
-        "123456789012345678901234567890",
-    )
-    .await;
+    let r = put_json(a, "/api/prefs/n", "123456789012345678901234567890").await;
     json_error(&r, StatusCode::BAD_REQUEST);
     // The user limit is 128 characters, not bytes.
     let mut b = Browser::new(a);
